@@ -1,0 +1,214 @@
+//! Image geometry: how byte ranges of `disk.img` map onto numbered blocks.
+//!
+//! Block `i` (0-based) holds bytes `[i * block_size, (i + 1) * block_size)`
+//! and is stored under the name `blk-` + `i + 1`, zero-padded to a width fixed
+//! at creation, so that names sort in block order (`blk-00001` is the first).
+
+use super::size::Size;
+
+pub const MIN_BLOCK_SIZE: u64 = 4 << 10;
+pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
+/// Keeps the in-memory block map small and names at most 10 digits wide.
+pub const MAX_BLOCK_COUNT: u64 = 1 << 32;
+pub const MIN_NAME_WIDTH: usize = 5;
+pub const BLOCK_PREFIX: &str = "blk-";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    #[error("block size {0} is not a power of two")]
+    BlockSizeNotPowerOfTwo(u64),
+    #[error("block size {} is out of range (4K to 1G)", Size(*.0))]
+    BlockSizeOutOfRange(u64),
+    #[error("size must be positive")]
+    ZeroSize,
+    #[error("size {} is not a multiple of the block size {}", .0, Size(*.1))]
+    NotMultiple(u64, u64),
+    #[error("size {} is too large: {} blocks of {} exceed the limit of {} blocks (use larger blocks)", Size(*.0), .0 / .1, Size(*.1), MAX_BLOCK_COUNT)]
+    TooManyBlocks(u64, u64),
+    #[error("block name width {0} is too small for {1} blocks")]
+    NameWidth(usize, u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    size: u64,
+    block_size: u64,
+    name_width: usize,
+}
+
+/// The part of one block that a byte range covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub block: u64,
+    /// Offset inside the block.
+    pub offset: u64,
+    pub len: u64,
+    /// Offset of this segment inside the caller's buffer.
+    pub buf_offset: usize,
+}
+
+impl Segment {
+    pub fn is_full_block(&self, geometry: &Geometry) -> bool {
+        self.offset == 0 && self.len == geometry.block_size()
+    }
+}
+
+impl Geometry {
+    /// Geometry for a new image; the name width is the smallest that fits.
+    pub fn new(size: u64, block_size: u64) -> Result<Self, GeometryError> {
+        Self::check(size, block_size)?;
+        let count = size / block_size;
+        Ok(Self { size, block_size, name_width: digits(count).max(MIN_NAME_WIDTH) })
+    }
+
+    /// Geometry as recorded in an existing image's metadata.
+    pub fn with_name_width(size: u64, block_size: u64, name_width: usize) -> Result<Self, GeometryError> {
+        let geometry = Self::new(size, block_size)?;
+        if name_width < geometry.name_width || name_width > 20 {
+            return Err(GeometryError::NameWidth(name_width, geometry.block_count()));
+        }
+        Ok(Self { name_width, ..geometry })
+    }
+
+    fn check(size: u64, block_size: u64) -> Result<(), GeometryError> {
+        if !block_size.is_power_of_two() {
+            return Err(GeometryError::BlockSizeNotPowerOfTwo(block_size));
+        }
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+            return Err(GeometryError::BlockSizeOutOfRange(block_size));
+        }
+        if size == 0 {
+            return Err(GeometryError::ZeroSize);
+        }
+        if size % block_size != 0 {
+            return Err(GeometryError::NotMultiple(size, block_size));
+        }
+        if size / block_size > MAX_BLOCK_COUNT || size > i64::MAX as u64 {
+            return Err(GeometryError::TooManyBlocks(size, block_size));
+        }
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+    pub fn block_count(&self) -> u64 {
+        self.size / self.block_size
+    }
+    pub fn name_width(&self) -> usize {
+        self.name_width
+    }
+    pub fn block_of(&self, offset: u64) -> u64 {
+        offset / self.block_size
+    }
+    pub fn block_start(&self, block: u64) -> u64 {
+        block * self.block_size
+    }
+
+    /// File name of block `block` (0-based): `blk-00001` for block 0.
+    pub fn block_name(&self, block: u64) -> String {
+        format!("{BLOCK_PREFIX}{:0width$}", block + 1, width = self.name_width)
+    }
+
+    /// The block a file name stands for, if it is a well-formed block name of
+    /// this image (right prefix, width and range).
+    pub fn parse_block_name(&self, name: &str) -> Option<u64> {
+        let digits = name.strip_prefix(BLOCK_PREFIX)?;
+        if digits.len() != self.name_width || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let number: u64 = digits.parse().ok()?;
+        (1..=self.block_count()).contains(&number).then(|| number - 1)
+    }
+
+    /// Splits `[offset, offset + len)` into per-block segments. The range
+    /// must lie inside the image; callers clamp first.
+    pub fn segments(&self, offset: u64, len: u64) -> impl Iterator<Item = Segment> + '_ {
+        debug_assert!(offset.checked_add(len).is_some_and(|end| end <= self.size));
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let block = pos / self.block_size;
+            let in_block = pos % self.block_size;
+            let seg_len = (self.block_size - in_block).min(end - pos);
+            let segment = Segment { block, offset: in_block, len: seg_len, buf_offset: (pos - offset) as usize };
+            pos += seg_len;
+            Some(segment)
+        })
+    }
+}
+
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1 << 20;
+
+    #[test]
+    fn validates_sizes() {
+        assert!(Geometry::new(1 << 40, 4 * M).is_ok());
+        assert_eq!(Geometry::new(1 << 40, 3 * M), Err(GeometryError::BlockSizeNotPowerOfTwo(3 * M)));
+        assert_eq!(Geometry::new(1 << 40, 2048), Err(GeometryError::BlockSizeOutOfRange(2048)));
+        assert_eq!(Geometry::new(1 << 40, 2 << 30), Err(GeometryError::BlockSizeOutOfRange(2 << 30)));
+        assert_eq!(Geometry::new(0, 4 * M), Err(GeometryError::ZeroSize));
+        assert_eq!(Geometry::new(5 * M, 4 * M), Err(GeometryError::NotMultiple(5 * M, 4 * M)));
+        assert!(matches!(Geometry::new(1 << 60, 4096), Err(GeometryError::TooManyBlocks(..))));
+    }
+
+    #[test]
+    fn names_sort_in_block_order() {
+        let g = Geometry::new(1 << 40, 4 * M).unwrap();
+        assert_eq!(g.block_count(), 262_144);
+        assert_eq!(g.name_width(), 6);
+        assert_eq!(g.block_name(0), "blk-000001");
+        assert_eq!(g.block_name(262_143), "blk-262144");
+        let small = Geometry::new(8 * M, 4 * M).unwrap();
+        assert_eq!(small.block_name(0), "blk-00001");
+        assert_eq!(small.block_name(1), "blk-00002");
+        let mut names: Vec<String> = (0..2000).map(|b| g.block_name(b)).collect();
+        let sorted = { let mut s = names.clone(); s.sort(); s };
+        assert_eq!(names, sorted);
+        names.clear();
+    }
+
+    #[test]
+    fn parses_only_valid_names() {
+        let g = Geometry::new(8 * M, 4 * M).unwrap();
+        assert_eq!(g.parse_block_name("blk-00001"), Some(0));
+        assert_eq!(g.parse_block_name("blk-00002"), Some(1));
+        for bad in ["blk-00000", "blk-00003", "blk-0001", "blk-000001", "blk-0000a", "xblk-00001", "blk-+0001", "onefs.json"] {
+            assert_eq!(g.parse_block_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn splits_ranges_at_block_boundaries() {
+        let g = Geometry::new(16 * M, 4 * M).unwrap();
+        let segs: Vec<_> = g.segments(3 * M, 6 * M).collect();
+        assert_eq!(
+            segs,
+            vec![
+                Segment { block: 0, offset: 3 * M, len: M, buf_offset: 0 },
+                Segment { block: 1, offset: 0, len: 4 * M, buf_offset: M as usize },
+                Segment { block: 2, offset: 0, len: M, buf_offset: 5 * M as usize },
+            ]
+        );
+        assert!(segs[1].is_full_block(&g));
+        assert_eq!(g.segments(0, 0).count(), 0);
+    }
+}

@@ -1,0 +1,24 @@
+//! onefs: one giant sparse file, `disk.img`, over numbered block files.
+//!
+//! Layers, from the kernel down:
+//! - [`fuse`]: the thin FUSE adapter (the only module that knows fuser);
+//! - [`image`]: byte ranges to blocks, zero detection, punch, seek, per-block locks;
+//! - [`store`]: the `BlockStore` trait and its backends;
+//! - [`core`]: pure geometry, block map and zero detection.
+//!
+//! Around them: [`meta`] (`onefs.json`), [`create`], [`mount`] (the life of
+//! a mount), [`lock`], [`cli`].
+
+pub mod cli;
+pub mod core;
+pub mod create;
+pub mod errors;
+pub mod fuse;
+pub mod image;
+pub mod lock;
+pub mod logging;
+pub mod meta;
+pub mod mount;
+pub mod mountinfo;
+pub mod options;
+pub mod store;

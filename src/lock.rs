@@ -1,0 +1,142 @@
+//! One mount of a store at a time: an exclusive `flock` on `STORE/onefs.lock`.
+//!
+//! The kernel drops the lock when the holder exits, even after `kill -9`, so a
+//! lock is never stale. The file records who holds it, for error messages.
+
+use crate::mountinfo;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const LOCK_FILE: &str = "onefs.lock";
+/// How long to wait for a previous onefs that is still finishing an unmount.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(15);
+
+pub struct StoreLock {
+    _file: File,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: Option<u32>,
+    pub mountpoint: Option<PathBuf>,
+    pub unit: Option<String>,
+}
+
+impl Holder {
+    fn parse(text: &str) -> Self {
+        let mut holder = Holder::default();
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("pid", v)) => holder.pid = v.parse().ok(),
+                Some(("mountpoint", v)) => holder.mountpoint = Some(PathBuf::from(v)),
+                Some(("unit", v)) if !v.is_empty() => holder.unit = Some(v.into()),
+                _ => {}
+            }
+        }
+        holder
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = vec![];
+        if let Some(mp) = &self.mountpoint {
+            parts.push(format!("at {}", mp.display()));
+        }
+        if let Some(pid) = self.pid {
+            parts.push(format!("by onefs pid {pid}"));
+        }
+        if let Some(unit) = &self.unit {
+            parts.push(format!("(unit {unit})"));
+        }
+        parts.join(" ")
+    }
+}
+
+fn try_flock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
+}
+
+fn read_holder(file: &mut File) -> Holder {
+    let mut text = String::new();
+    let _ = file.rewind().and_then(|_| file.read_to_string(&mut text));
+    Holder::parse(&text)
+}
+
+impl StoreLock {
+    /// Takes the store's lock for a mount at `mountpoint`. A holder whose
+    /// mount is still in place is refused at once; one that is unmounted but
+    /// still finishing (flushing, or serving a lazily detached mount) is
+    /// waited for, up to [`RELEASE_WAIT`].
+    pub fn acquire(store: &Path, mountpoint: &Path) -> anyhow::Result<Self> {
+        let path = store.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
+        let started = Instant::now();
+        let mut announced = false;
+        while !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
+            let holder = read_holder(&mut file);
+            let still_mounted = holder
+                .mountpoint
+                .as_deref()
+                .and_then(mountinfo::mount_at)
+                .is_some_and(|m| m.fstype == "fuse.onefs" && Path::new(&m.source) == store);
+            if still_mounted {
+                anyhow::bail!("store {} is already mounted {}", store.display(), holder.describe());
+            }
+            if started.elapsed() >= RELEASE_WAIT {
+                anyhow::bail!(
+                    "store {} is still in use {} (unmounted but still serving: is a loop device still attached to its disk.img?)",
+                    store.display(),
+                    holder.describe()
+                );
+            }
+            if !announced {
+                log::info!("waiting up to {}s for the previous onefs {} to finish", RELEASE_WAIT.as_secs(), holder.describe());
+                announced = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let unit = std::env::var("ONEFS_UNIT").unwrap_or_default();
+        let record = format!("pid={}\nmountpoint={}\nunit={unit}\n", std::process::id(), mountpoint.display());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(record.as_bytes()))
+            .map_err(|e| anyhow::anyhow!("{}: cannot record lock holder: {e}", path.display()))?;
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_a_mounted_store_is_refused_quickly_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StoreLock::acquire(dir.path(), Path::new("/")).unwrap();
+        // "/" is a mount point but not of this store: the holder counts as
+        // finishing, so the second waits; give it a short leash by dropping.
+        let store = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || StoreLock::acquire(&store, Path::new("/elsewhere")).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(200));
+        drop(first);
+        waiter.join().unwrap().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(text.contains("mountpoint=/elsewhere"), "{text}");
+    }
+}

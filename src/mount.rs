@@ -1,0 +1,219 @@
+//! The life of one mount: checks, lock, FUSE session, readiness, signals,
+//! clean or lazy unmount.
+
+use crate::fuse::OnefsFs;
+use crate::image::Image;
+use crate::lock::StoreLock;
+use crate::meta::Meta;
+use crate::mountinfo;
+use crate::options::MountOptions;
+use crate::store::{BlockStore, DirStore};
+use anyhow::{Context, bail};
+use fuser::{MountOption, SessionACL};
+use nix::mount::{MntFlags, umount2};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const FUSE_TYPE: &str = "fuse.onefs";
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Everything needed to serve one mount.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    pub options: MountOptions,
+}
+
+/// Called once the mount is live (and with the error if it never gets there).
+pub trait Readiness {
+    fn ready(&mut self, message: &str);
+    fn failed(&mut self, error: &anyhow::Error);
+}
+
+/// Makes `path` usable as a mountpoint: it must be an existing directory that
+/// is not already a mount point. A dead FUSE mount left by a killed daemon
+/// (ENOTCONN) is cleared.
+pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            log::warn!("{}: clearing a dead mount left by a crashed daemon", path.display());
+            umount2(path, MntFlags::MNT_DETACH).with_context(|| format!("{}: cannot clear dead mount", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("mountpoint {} does not exist", path.display()),
+        Err(e) => bail!("mountpoint {}: {e}", path.display()),
+        Ok(meta) if !meta.is_dir() => bail!("mountpoint {} is not a directory", path.display()),
+        Ok(_) => {}
+    }
+    let path = path.canonicalize().with_context(|| format!("mountpoint {}", path.display()))?;
+    if let Some(existing) = mountinfo::mount_at(&path) {
+        bail!("mountpoint {} is already a mount point ({} from {})", path.display(), existing.fstype, existing.source);
+    }
+    Ok(path)
+}
+
+fn is_live(mountpoint: &Path, store: &Path) -> bool {
+    let fuse = nix::sys::statfs::statfs(mountpoint).is_ok_and(|s| s.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC);
+    fuse && mountinfo::mount_at(mountpoint).is_some_and(|m| m.fstype == FUSE_TYPE && Path::new(&m.source) == store)
+}
+
+/// Lets a daemon that serves a loop device survive memory pressure: the
+/// kernel will not make it wait on writeback it is itself needed for.
+fn mark_io_flusher() {
+    const PR_SET_IO_FLUSHER: libc::c_int = 57;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
+        log::debug!("PR_SET_IO_FLUSHER unavailable: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Raises the open-file limit: the block store caches descriptors.
+fn raise_fd_limit() {
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Opens the store, mounts, reports readiness and serves until unmounted or
+/// told to stop by SIGTERM/SIGINT. Returns once the session has ended.
+pub fn serve(spec: &MountSpec, readiness: &mut dyn Readiness) -> anyhow::Result<()> {
+    let session = match start(spec) {
+        Ok(session) => session,
+        Err(err) => {
+            readiness.failed(&err);
+            return Err(err);
+        }
+    };
+    readiness.ready(&format!("mounted {} at {}", session.store.display(), session.mountpoint.display()));
+    session.run()
+}
+
+struct Running {
+    store: PathBuf,
+    mountpoint: PathBuf,
+    image: Arc<Image>,
+    background: fuser::BackgroundSession,
+    _lock: StoreLock,
+}
+
+fn start(spec: &MountSpec) -> anyhow::Result<Running> {
+    let store = spec.store.canonicalize().map_err(|e| anyhow::anyhow!("store {}: {e}", spec.store.display()))?;
+    let meta = Meta::load(&store)?;
+    let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
+    let mountpoint = prepare_mountpoint(&spec.mountpoint)?;
+    let lock = StoreLock::acquire(&store, &mountpoint)?;
+    raise_fd_limit();
+    mark_io_flusher();
+
+    let started = Instant::now();
+    let backend: Arc<dyn BlockStore> = Arc::new(DirStore::open(&store, geometry)?);
+    let image = Arc::new(Image::open(geometry, backend)?);
+    log::info!(
+        "opened {} ({} blocks stored of {}) in {:?}",
+        store.display(),
+        image.stored_blocks(),
+        geometry.block_count(),
+        started.elapsed()
+    );
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(store.display().to_string()),
+        // fuser's pure-Rust mount drops MountOption::Subtype; this reaches the kernel.
+        MountOption::CUSTOM("subtype=onefs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoExec,
+        MountOption::NoAtime,
+    ];
+    if spec.options.access.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
+    config.acl = if spec.options.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(spec.options.threads);
+    config.clone_fd = true;
+
+    let fs = OnefsFs::new(image.clone(), spec.options.access);
+    let session = fuser::Session::new(fs, &mountpoint, &config)
+        .map_err(|e| anyhow::anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
+    let background = session.spawn().context("cannot start FUSE workers")?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_live(&mountpoint, &store) {
+        if Instant::now() > deadline {
+            bail!("mount at {} did not come up within 10s", mountpoint.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    log::info!("mounted {} at {}", store.display(), mountpoint.display());
+    Ok(Running { store, mountpoint, image, background, _lock: lock })
+}
+
+enum Event {
+    Signal(i32),
+    Ended(std::io::Result<()>),
+}
+
+impl Running {
+    fn run(self) -> anyhow::Result<()> {
+        let Running { store, mountpoint, image, background, _lock } = self;
+        let (tx, rx) = mpsc::channel();
+        let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+            .context("cannot install signal handlers")?;
+        let handle = signals.handle();
+        let signal_tx = tx.clone();
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                if signal_tx.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        std::thread::Builder::new().name("session".into()).spawn(move || {
+            let _ = tx.send(Event::Ended(background.join()));
+        })?;
+
+        let mut detached = false;
+        let result = loop {
+            match rx.recv() {
+                Ok(Event::Signal(libc::SIGHUP)) => log::info!("SIGHUP: nothing to reload for a single mount"),
+                Ok(Event::Signal(signal)) if detached => {
+                    log::warn!("signal {signal}: still serving the detached mount until its user lets go")
+                }
+                Ok(Event::Signal(signal)) => {
+                    log::info!("signal {signal}: flushing and unmounting {}", mountpoint.display());
+                    if let Err(err) = image.sync() {
+                        log::error!("flush before unmount failed: {err}");
+                    }
+                    match umount2(&mountpoint, MntFlags::empty()) {
+                        Ok(()) => {}
+                        Err(nix::errno::Errno::EBUSY) => {
+                            log::warn!(
+                                "{} is busy (is a loop device attached to disk.img?): detached it lazily; serving until released",
+                                mountpoint.display()
+                            );
+                            if let Err(err) = umount2(&mountpoint, MntFlags::MNT_DETACH) {
+                                log::error!("lazy unmount of {} failed: {err}", mountpoint.display());
+                            }
+                            detached = true;
+                        }
+                        Err(err) => log::error!("unmount of {} failed: {err}", mountpoint.display()),
+                    }
+                }
+                Ok(Event::Ended(result)) => break result,
+                Err(_) => break Ok(()),
+            }
+        };
+        handle.close();
+        // destroy() flushed already when the kernel said goodbye; flush again
+        // in case the session ended without it, and report the outcome.
+        let flushed = image.sync();
+        log::info!("unmounted {} from {}", store.display(), mountpoint.display());
+        result.context("FUSE session failed")?;
+        flushed.context("final flush failed")?;
+        Ok(())
+    }
+}

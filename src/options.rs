@@ -1,0 +1,92 @@
+//! Mount options, as given with `-o` (and later by definitions and fstab).
+
+use crate::fuse::Access;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    pub access: Access,
+    pub allow_other: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+pub const DEFAULT_THREADS: usize = 16;
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            access: Access { uid: 0, gid: 0, mode: 0o600, read_only: false },
+            allow_other: false,
+            threads: DEFAULT_THREADS,
+        }
+    }
+}
+
+/// Options mount(8) passes along for helpers to ignore.
+const IGNORED: &[&str] = &[
+    "defaults", "rw", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "dev", "nodev", "suid",
+    "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "async",
+];
+
+impl MountOptions {
+    /// Parses a comma-separated option list such as `ro,allow_other,uid=1000`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut options = Self::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item, None),
+            };
+            let number = |radix: u32| -> Result<u32, String> {
+                let v = value.ok_or_else(|| format!("mount option {key} needs a value ({key}=N)"))?;
+                u32::from_str_radix(v, radix).map_err(|_| format!("mount option {item}: {v:?} is not a valid number"))
+            };
+            match key {
+                "ro" => options.access.read_only = true,
+                "rw" => options.access.read_only = false,
+                "allow_other" => options.allow_other = true,
+                "uid" => options.access.uid = number(10)?,
+                "gid" => options.access.gid = number(10)?,
+                "mode" => {
+                    let mode = number(8)?;
+                    if mode > 0o777 {
+                        return Err(format!("mount option {item}: mode must be at most 0777"));
+                    }
+                    options.access.mode = mode as u16;
+                }
+                "threads" => {
+                    let n = number(10)? as usize;
+                    if !(1..=256).contains(&n) {
+                        return Err(format!("mount option {item}: threads must be 1 to 256"));
+                    }
+                    options.threads = n;
+                }
+                k if IGNORED.contains(&k) || k.starts_with("x-") => {}
+                _ => return Err(format!("unknown mount option {item:?}")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_options() {
+        let o = MountOptions::parse("ro,allow_other,uid=1000,gid=100,mode=0640,threads=4,_netdev,x-systemd.requires=a").unwrap();
+        assert!(o.access.read_only && o.allow_other);
+        assert_eq!((o.access.uid, o.access.gid, o.access.mode, o.threads), (1000, 100, 0o640, 4));
+        assert_eq!(MountOptions::parse("").unwrap(), MountOptions::default());
+    }
+
+    #[test]
+    fn names_the_bad_option() {
+        assert_eq!(MountOptions::parse("rw,bogus").unwrap_err(), "unknown mount option \"bogus\"");
+        assert!(MountOptions::parse("uid=abc").unwrap_err().contains("uid=abc"));
+        assert!(MountOptions::parse("mode=999").unwrap_err().contains("mode=999"));
+        assert!(MountOptions::parse("threads=0").unwrap_err().contains("threads=0"));
+        assert!(MountOptions::parse("uid").unwrap_err().contains("uid needs a value"));
+    }
+}

@@ -1,0 +1,319 @@
+//! The local directory store: block `i` is the file `blk-<i+1>` holding
+//! exactly the raw bytes of that block (holes where it was zeroed), so a store
+//! stays readable with standard tools.
+
+use super::{BlockStore, Zeroed};
+use crate::core::{Geometry, is_zero};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const FD_SHARDS: usize = 16;
+const FDS_PER_SHARD: usize = 64;
+/// fsync of many block files runs on this many threads: the disk sees one
+/// deep queue instead of a chain of single flushes.
+const SYNC_THREADS: usize = 8;
+
+pub struct DirStore {
+    root: PathBuf,
+    dir: File,
+    geometry: Geometry,
+    fds: Vec<Mutex<FdShard>>,
+    clock: AtomicU64,
+    /// Blocks written since the last sync.
+    dirty: Mutex<HashSet<u64>>,
+    /// A block file was created or removed since the last sync.
+    names_dirty: AtomicBool,
+    /// Once an fsync failed, the kernel may have dropped the data: every later
+    /// sync must fail too, or a lost write would look durable.
+    sync_failed: AtomicBool,
+}
+
+#[derive(Default)]
+struct FdShard {
+    files: HashMap<u64, (Arc<File>, u64)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Names the block file in an I/O error, keeping its errno.
+fn at(path: &Path, err: io::Error) -> io::Error {
+    crate::errors::context(path.display(), err)
+}
+
+impl DirStore {
+    pub fn open(root: &Path, geometry: Geometry) -> io::Result<Self> {
+        let dir = File::open(root).map_err(|e| at(root, e))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            dir,
+            geometry,
+            fds: (0..FD_SHARDS).map(|_| Mutex::new(FdShard::default())).collect(),
+            clock: AtomicU64::new(0),
+            dirty: Mutex::new(HashSet::new()),
+            names_dirty: AtomicBool::new(false),
+            sync_failed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn block_path(&self, block: u64) -> PathBuf {
+        self.root.join(self.geometry.block_name(block))
+    }
+
+    fn shard(&self, block: u64) -> &Mutex<FdShard> {
+        &self.fds[(block as usize) % FD_SHARDS]
+    }
+
+    /// An open descriptor for a block file, from the cache or freshly opened.
+    fn file(&self, block: u64, create: bool) -> io::Result<Arc<File>> {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some((file, used)) = lock(self.shard(block)).files.get_mut(&block) {
+            *used = now;
+            return Ok(file.clone());
+        }
+        let path = self.block_path(block);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOATIME)
+            .open(&path)
+            .or_else(|e| {
+                // O_NOATIME is refused for files we do not own; retry without.
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(&path)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| at(&path, e))?;
+        let file = Arc::new(file);
+        let mut shard = lock(self.shard(block));
+        if shard.files.len() >= FDS_PER_SHARD {
+            if let Some(oldest) = shard.files.iter().min_by_key(|(_, (_, used))| *used).map(|(b, _)| *b) {
+                shard.files.remove(&oldest);
+            }
+        }
+        shard.files.insert(block, (file.clone(), now));
+        Ok(file)
+    }
+
+    fn forget_fd(&self, block: u64) {
+        lock(self.shard(block)).files.remove(&block);
+    }
+
+    fn mark_dirty(&self, block: u64) {
+        lock(&self.dirty).insert(block);
+    }
+
+    /// True if the block file holds no non-zero byte. Looks only at the data
+    /// extents the filesystem reports, so a mostly-punched block is cheap.
+    fn is_all_zero(&self, file: &File) -> io::Result<bool> {
+        let fd = file.as_raw_fd();
+        let len = file.metadata()?.len();
+        let mut pos = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        while pos < len {
+            // SAFETY: plain lseek on a descriptor we own.
+            let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+            if data < 0 {
+                let err = io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(libc::ENXIO) => Ok(true),
+                    // No SEEK_DATA support: fall back to reading everything.
+                    Some(libc::EINVAL) => self.scan_zero(file, pos, len, &mut buf),
+                    _ => Err(err),
+                };
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            let hole = if hole < 0 { len } else { hole as u64 };
+            if !self.scan_zero(file, data as u64, hole, &mut buf)? {
+                return Ok(false);
+            }
+            pos = hole;
+        }
+        Ok(true)
+    }
+
+    fn scan_zero(&self, file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool> {
+        while pos < end {
+            let want = buf.len().min((end - pos) as usize);
+            let got = file.read_at(&mut buf[..want], pos)?;
+            if got == 0 {
+                break;
+            }
+            if !is_zero(&buf[..got]) {
+                return Ok(false);
+            }
+            pos += got as u64;
+        }
+        Ok(true)
+    }
+
+    fn fsync_blocks(&self, blocks: &[u64]) -> Vec<(u64, io::Error)> {
+        let sync_one = |block: u64| -> io::Result<()> {
+            match self.file(block, false) {
+                Ok(file) => file.sync_data().map_err(|e| at(&self.block_path(block), e)),
+                // Deleted since it was written: the directory sync covers it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        if blocks.len() <= 1 {
+            return blocks.iter().filter_map(|&b| sync_one(b).err().map(|e| (b, e))).collect();
+        }
+        let per_thread = blocks.len().div_ceil(SYNC_THREADS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = blocks
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || chunk.iter().filter_map(|&b| sync_one(b).err().map(|e| (b, e))).collect::<Vec<_>>())
+                })
+                .collect();
+            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+        })
+    }
+}
+
+impl BlockStore for DirStore {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        let mut blocks = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(|e| at(&self.root, e))? {
+            let entry = entry.map_err(|e| at(&self.root, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(crate::core::geometry::BLOCK_PREFIX) {
+                continue;
+            }
+            match self.geometry.parse_block_name(name) {
+                Some(block) => blocks.push(block),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: not a block of this image (names run {} to {})",
+                            self.root.join(name).display(),
+                            self.geometry.block_name(0),
+                            self.geometry.block_name(self.geometry.block_count() - 1)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
+    fn read_at(&self, block: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let file = match self.file(block, false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                buf.fill(0);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(at(&self.block_path(block), e)),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    fn write_at(&self, block: u64, offset: u64, data: &[u8], create: bool) -> io::Result<()> {
+        let file = self.file(block, create)?;
+        if create {
+            // Full length first: a block file is always exactly one block, the
+            // unwritten rest a hole that reads as zeros.
+            if file.metadata()?.len() < self.geometry.block_size() {
+                file.set_len(self.geometry.block_size()).map_err(|e| at(&self.block_path(block), e))?;
+            }
+            self.names_dirty.store(true, Ordering::Release);
+        }
+        file.write_all_at(data, offset).map_err(|e| at(&self.block_path(block), e))?;
+        self.mark_dirty(block);
+        Ok(())
+    }
+
+    fn zero_range(&self, block: u64, offset: u64, len: u64) -> io::Result<Zeroed> {
+        let file = match self.file(block, false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Zeroed::AllZero),
+            Err(e) => return Err(e),
+        };
+        let punch = nix::fcntl::fallocate(
+            &*file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        );
+        if let Err(errno) = punch {
+            if errno != nix::errno::Errno::EOPNOTSUPP {
+                return Err(at(&self.block_path(block), errno.into()));
+            }
+            let zeros = vec![0u8; len as usize];
+            file.write_all_at(&zeros, offset).map_err(|e| at(&self.block_path(block), e))?;
+        }
+        self.mark_dirty(block);
+        Ok(if self.is_all_zero(&file)? { Zeroed::AllZero } else { Zeroed::MayHoldData })
+    }
+
+    fn delete(&self, block: u64) -> io::Result<()> {
+        self.forget_fd(block);
+        let path = self.block_path(block);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(at(&path, e)),
+        }
+        lock(&self.dirty).remove(&block);
+        self.names_dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let blocks: Vec<u64> = std::mem::take(&mut *lock(&self.dirty)).into_iter().collect();
+        let names_dirty = self.names_dirty.swap(false, Ordering::AcqRel);
+        let failures = self.fsync_blocks(&blocks);
+        let dir_result = if names_dirty { self.dir.sync_all().map_err(|e| at(&self.root, e)) } else { Ok(()) };
+        if let Some((_, err)) = failures.into_iter().next() {
+            self.sync_failed.store(true, Ordering::Release);
+            return Err(err);
+        }
+        if let Err(err) = dir_result {
+            self.names_dirty.store(true, Ordering::Release);
+            return Err(err);
+        }
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(format!(
+                "{}: an earlier flush of block files failed; data written since mount may be lost",
+                self.root.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn stored_bytes(&self, block: u64) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(self.block_path(block)).ok().map(|m| m.blocks() * 512)
+    }
+}
