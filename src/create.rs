@@ -1,7 +1,6 @@
 //! `onefs create`: a new, empty image in an empty (or absent) directory.
 
 use crate::core::Geometry;
-use crate::core::size::Size;
 use crate::meta::Meta;
 use anyhow::{Context, bail};
 use std::fs;
@@ -30,14 +29,5 @@ pub fn create(store: &Path, size: u64, block_size: u64) -> anyhow::Result<Meta> 
     }
     let meta = Meta::new(&geometry);
     meta.write_new(store).map_err(|e| anyhow::anyhow!("cannot write image description: {e}"))?;
-    log::info!(
-        "created {} image in {} ({} blocks of {}, names {}..{})",
-        Size(size),
-        store.display(),
-        geometry.block_count(),
-        Size(block_size),
-        geometry.block_name(0),
-        geometry.block_name(geometry.block_count() - 1)
-    );
     Ok(meta)
 }
