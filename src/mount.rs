@@ -79,6 +79,10 @@ fn raise_fd_limit() {
 /// Opens the store, mounts, reports readiness and serves until unmounted or
 /// told to stop by SIGTERM/SIGINT. Returns once the session has ended.
 pub fn serve(spec: &MountSpec, readiness: &mut dyn Readiness) -> anyhow::Result<()> {
+    // Before mounting: a SIGTERM that arrives the moment the mount is live
+    // must unmount cleanly, not kill the process.
+    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+        .context("cannot install signal handlers")?;
     let session = match start(spec) {
         Ok(session) => session,
         Err(err) => {
@@ -87,7 +91,7 @@ pub fn serve(spec: &MountSpec, readiness: &mut dyn Readiness) -> anyhow::Result<
         }
     };
     readiness.ready(&format!("mounted {} at {}", session.store.display(), session.mountpoint.display()));
-    session.run()
+    session.run(signals)
 }
 
 struct Running {
@@ -158,11 +162,9 @@ enum Event {
 }
 
 impl Running {
-    fn run(self) -> anyhow::Result<()> {
+    fn run(self, mut signals: signal_hook::iterator::Signals) -> anyhow::Result<()> {
         let Running { store, mountpoint, image, background, _lock } = self;
         let (tx, rx) = mpsc::channel();
-        let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
-            .context("cannot install signal handlers")?;
         let handle = signals.handle();
         let signal_tx = tx.clone();
         std::thread::Builder::new().name("signals".into()).spawn(move || {

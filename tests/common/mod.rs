@@ -1,0 +1,229 @@
+//! Shared harness for tests that mount for real. Every resource is a guard
+//! that releases itself on drop, so a failing test leaves nothing behind.
+//! Declare guards outermost first (onefs mount, loop device, inner mount):
+//! Rust drops them in reverse.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const MIB: u64 = 1 << 20;
+
+pub fn onefs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_onefs")
+}
+
+pub fn onefs(args: &[&str]) -> Output {
+    Command::new(onefs_bin()).args(args).output().expect("run onefs")
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "these tests mount filesystems and must run as root");
+}
+
+/// A unique scratch directory on a real disk (not tmpfs), removed on drop.
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> Self {
+        require_root();
+        let base = std::env::var_os("ONEFS_TEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        Scratch(tempfile::Builder::new().prefix("onefs-test-").tempdir_in(base).expect("scratch dir"))
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::create_dir_all(&p).expect("mkdir");
+        p
+    }
+}
+
+pub fn create(store: &Path, size: &str, block_size: &str) {
+    let out = onefs(&["create", "--size", size, "--block-size", block_size, store.to_str().unwrap()]);
+    assert!(out.status.success(), "create failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let path = path.to_string_lossy().replace(' ', "\\040");
+    text.lines().any(|l| l.split(' ').nth(4) == Some(path.as_str()))
+}
+
+/// Waits until nobody holds the store lock any more (the daemon exited).
+pub fn wait_store_released(store: &Path) {
+    let lock = store.join("onefs.lock");
+    let Ok(file) = fs::File::open(&lock) else { return };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on our own descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            // SAFETY: as above.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        assert!(Instant::now() < deadline, "onefs for {} did not exit", store.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn lock_holder_pid(store: &Path) -> i32 {
+    let text = fs::read_to_string(store.join("onefs.lock")).expect("lock file");
+    text.lines().find_map(|l| l.strip_prefix("pid=")).and_then(|p| p.parse().ok()).expect("pid in lock file")
+}
+
+/// A mounted onefs (started with `onefs mount`, detached).
+pub struct OnefsMount {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+impl OnefsMount {
+    pub fn new(store: &Path, mountpoint: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["mount"];
+        args.extend_from_slice(extra);
+        args.extend([store.to_str().unwrap(), mountpoint.to_str().unwrap()]);
+        let out = onefs(&args);
+        assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(is_mountpoint(mountpoint), "onefs mount returned before the mount was live");
+        OnefsMount { store: store.to_path_buf(), mountpoint: mountpoint.to_path_buf() }
+    }
+
+    pub fn disk(&self) -> PathBuf {
+        self.mountpoint.join("disk.img")
+    }
+
+    pub fn pid(&self) -> i32 {
+        lock_holder_pid(&self.store)
+    }
+
+    /// Unmounts and waits for the daemon to finish.
+    pub fn unmount(self) {
+        let status = Command::new("umount").arg(&self.mountpoint).status().expect("umount");
+        assert!(status.success(), "umount {} failed", self.mountpoint.display());
+        wait_store_released(&self.store);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for OnefsMount {
+    fn drop(&mut self) {
+        if is_mountpoint(&self.mountpoint) && Command::new("umount").arg(&self.mountpoint).status().map_or(true, |s| !s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+        // A dead mount (after kill -9) is not in the way of removing the dir
+        // once lazily unmounted.
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        wait_store_released(&self.store);
+    }
+}
+
+/// A loop device attached to a file.
+pub struct Loop(pub String);
+
+impl Loop {
+    pub fn attach(file: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["-f", "--show"];
+        args.extend_from_slice(extra);
+        args.push(file.to_str().unwrap());
+        Loop(run("losetup", &args).trim().to_string())
+    }
+    pub fn detach(self) {
+        run("losetup", &["-d", &self.0]);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// A block device mounted somewhere (the ext4 inside disk.img).
+pub struct DevMount(pub PathBuf);
+
+impl DevMount {
+    pub fn new(dev: &str, dir: &Path) -> Self {
+        run("mount", &[dev, dir.to_str().unwrap()]);
+        DevMount(dir.to_path_buf())
+    }
+    pub fn unmount(self) {
+        run("umount", &[self.0.to_str().unwrap()]);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for DevMount {
+    fn drop(&mut self) {
+        if Command::new("umount").arg(&self.0).status().map_or(true, |s| !s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), never all zero.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256(path: &Path) -> String {
+    run("sha256sum", &[path.to_str().unwrap()]).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Block files in a store, sorted by name.
+pub fn block_files(store: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store)
+        .expect("list store")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("blk-"))
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn pwrite(path: &Path, offset: u64, data: &[u8]) {
+    let f = fs::OpenOptions::new().write(true).open(path).expect("open for write");
+    f.write_all_at(data, offset).expect("pwrite");
+    f.sync_all().expect("fsync");
+}
+
+pub fn pread(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let f = fs::File::open(path).expect("open for read");
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).expect("pread");
+    buf
+}
+
+/// Everything in a directory (names and contents), to prove nothing changed.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![];
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let data = fs::read(e.path()).unwrap_or_default();
+            out.push((name, data));
+        }
+    }
+    out.sort();
+    out
+}

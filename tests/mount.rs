@@ -1,0 +1,351 @@
+//! Real mounts: onefs over a store directory, a loop device, ext4 on top.
+//! Run as root. Every test uses its own scratch directory and guards.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error").raw_os_error().expect("an OS error")
+}
+
+#[test]
+fn ext4_on_onefs_survives_unmount_and_remount() {
+    let s = Scratch::new();
+    let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
+    create(&store, "1G", "1M");
+
+    let files = [("big.bin", pattern(1, 9 * MIB as usize + 123)), ("one.bin", pattern(2, MIB as usize)), ("note.txt", b"hello onefs\n".to_vec())];
+    let mut sums = vec![];
+    {
+        let onefs = OnefsMount::new(&store, &mnt, &[]);
+        let dev = Loop::attach(&onefs.disk(), &[]);
+        run("mkfs.ext4", &["-q", &dev.0]);
+        let inner = DevMount::new(&dev.0, &ext);
+        for (name, data) in &files {
+            let path = ext.join(name);
+            fs::write(&path, data).unwrap();
+            fs::File::open(&path).unwrap().sync_all().unwrap();
+            sums.push(sha256(&path));
+        }
+        run("sync", &["-f", ext.to_str().unwrap()]);
+        inner.unmount();
+        dev.detach();
+        onefs.unmount();
+    }
+
+    // What landed in the store: well-named block files of exactly one block.
+    let names = block_files(&store);
+    assert!(!names.is_empty());
+    for name in &names {
+        assert_eq!(name.len(), "blk-".len() + 5, "{name}");
+        let number: u64 = name[4..].parse().unwrap();
+        assert!((1..=1024).contains(&number), "{name}");
+        assert_eq!(fs::metadata(store.join(name)).unwrap().len(), MIB, "{name} is one block");
+    }
+    let stored: u64 = names.iter().map(|n| fs::metadata(store.join(n)).unwrap().blocks() * 512).sum();
+    assert!(stored < 200 * MIB, "a fresh ext4 with 10 MiB of files stores {stored} bytes");
+
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    // Every block file holds exactly its byte range of disk.img, and every
+    // block without a file reads as zeros.
+    let disk = fs::read(onefs.disk()).unwrap();
+    assert_eq!(disk.len() as u64, 1 << 30);
+    for block in 0..1024u64 {
+        let range = &disk[(block * MIB) as usize..((block + 1) * MIB) as usize];
+        let name = format!("blk-{:05}", block + 1);
+        match fs::read(store.join(&name)) {
+            Ok(raw) => assert_eq!(raw, range, "{name} differs from disk.img"),
+            Err(_) => assert!(range.iter().all(|&b| b == 0), "block {block} has data but no file"),
+        }
+    }
+    let stat = fs::metadata(onefs.disk()).unwrap();
+    assert_eq!(stat.blocks() * 512, names.len() as u64 * MIB, "st_blocks counts stored blocks");
+
+    let dev = Loop::attach(&onefs.disk(), &[]);
+    let fsck = Command::new("e2fsck").args(["-fn", &dev.0]).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+    let inner = DevMount::new(&dev.0, &ext);
+    for ((name, _), sum) in files.iter().zip(&sums) {
+        assert_eq!(&sha256(&ext.join(name)), sum, "{name} changed across remount");
+    }
+    inner.unmount();
+    dev.detach();
+    onefs.unmount();
+}
+
+#[test]
+fn raw_writes_map_to_block_files_and_zeros_are_never_stored() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "64M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let disk = onefs.disk();
+    assert_eq!(fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>(), vec!["disk.img"]);
+    assert_eq!(fs::metadata(&disk).unwrap().len(), 64 * MIB);
+
+    // Reading never-written blocks returns zeros and creates nothing.
+    assert!(pread(&disk, 5 * MIB, 2 * MIB as usize).iter().all(|&b| b == 0));
+    assert!(block_files(&store).is_empty());
+
+    // Zeros create nothing, partial or whole.
+    pwrite(&disk, 20 * MIB + 7, &[0u8; 5000]);
+    pwrite(&disk, 21 * MIB, &vec![0u8; MIB as usize]);
+    assert!(block_files(&store).is_empty());
+
+    pwrite(&disk, 3 * MIB + 100, b"0123456789");
+    pwrite(&disk, 10 * MIB, &pattern(3, MIB as usize));
+    assert_eq!(block_files(&store), vec!["blk-00004", "blk-00011"]);
+    let raw = fs::read(store.join("blk-00004")).unwrap();
+    assert_eq!(raw.len() as u64, MIB);
+    assert_eq!(&raw[100..110], b"0123456789");
+    assert!(raw[..100].iter().chain(&raw[110..]).all(|&b| b == 0));
+    assert_eq!(fs::read(store.join("blk-00011")).unwrap(), pattern(3, MIB as usize));
+    assert_eq!(fs::metadata(&disk).unwrap().blocks() * 512, 2 * MIB);
+
+    // A full-block zero write deletes the block; so does zeroing its only data.
+    pwrite(&disk, 10 * MIB, &vec![0u8; MIB as usize]);
+    assert_eq!(block_files(&store), vec!["blk-00004"]);
+    pwrite(&disk, 3 * MIB + 100, &[0u8; 10]);
+    assert!(block_files(&store).is_empty());
+
+    // Punch and zero-range free whole blocks and zero partial ones.
+    pwrite(&disk, 0, &pattern(4, 3 * MIB as usize));
+    let f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(&f, punch, (MIB / 2) as i64, MIB as i64 * 2).unwrap();
+    assert_eq!(block_files(&store), vec!["blk-00001", "blk-00003"]);
+    let zero = nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(&f, zero, 0, (MIB / 2) as i64).unwrap();
+    nix::fcntl::fallocate(&f, zero, (2 * MIB + MIB / 2) as i64, (MIB / 2) as i64).unwrap();
+    assert!(block_files(&store).is_empty(), "{:?}", block_files(&store));
+    let mut expect = pattern(4, 3 * MIB as usize);
+    expect[..].fill(0);
+    assert_eq!(pread(&disk, 0, 3 * MIB as usize), expect);
+    drop(f);
+    onefs.unmount();
+}
+
+#[test]
+fn seek_data_and_seek_hole_follow_stored_blocks() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "16M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let disk = onefs.disk();
+    for block in [5u64, 6, 9] {
+        pwrite(&disk, block * MIB + 17, b"data");
+    }
+    let f = fs::File::open(&disk).unwrap();
+    let seek = |off: u64, whence| nix::unistd::lseek(&f, off as i64, whence).map(|o| o as u64);
+    use nix::unistd::Whence::{SeekData, SeekHole};
+    assert_eq!(seek(0, SeekData), Ok(5 * MIB));
+    assert_eq!(seek(5 * MIB + 3, SeekData), Ok(5 * MIB + 3));
+    assert_eq!(seek(5 * MIB, SeekHole), Ok(7 * MIB));
+    assert_eq!(seek(7 * MIB, SeekData), Ok(9 * MIB));
+    assert_eq!(seek(9 * MIB, SeekHole), Ok(10 * MIB));
+    assert_eq!(seek(10 * MIB, SeekData), Err(nix::errno::Errno::ENXIO));
+    assert_eq!(seek(16 * MIB, SeekHole), Err(nix::errno::Errno::ENXIO));
+
+    // A sparse-aware copy skips the holes.
+    let copy = s.path("copy.img");
+    run("cp", &["--sparse=always", disk.to_str().unwrap(), copy.to_str().unwrap()]);
+    assert!(fs::metadata(&copy).unwrap().blocks() * 512 <= 3 * MIB, "cp --sparse copied holes");
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&disk).unwrap());
+    drop(f);
+    onefs.unmount();
+}
+
+#[test]
+fn size_and_namespace_are_fixed() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "8M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let disk = onefs.disk();
+    let f = fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    assert_eq!(errno_of(f.write_at(b"x", 8 * MIB)), libc::EFBIG);
+    assert_eq!(f.write_at(b"xyz", 8 * MIB - 2).unwrap(), 2, "a write across the end stops there");
+    assert_eq!(errno_of(f.set_len(4 * MIB)), libc::EPERM);
+    assert_eq!(errno_of(f.set_len(16 * MIB)), libc::EFBIG);
+    assert_eq!(errno_of(fs::write(mnt.join("other"), b"x")), libc::EPERM);
+    assert_eq!(errno_of(fs::create_dir(mnt.join("dir"))), libc::EPERM);
+    assert_eq!(errno_of(fs::remove_file(&disk)), libc::EPERM);
+    assert_eq!(errno_of(fs::rename(&disk, mnt.join("x.img"))), libc::EPERM);
+    assert_eq!(errno_of(fs::OpenOptions::new().write(true).truncate(true).open(&disk)), libc::EPERM);
+    assert_eq!(fs::metadata(&disk).unwrap().len(), 8 * MIB);
+    assert_eq!(fs::metadata(&disk).unwrap().mode() & 0o7777, 0o600, "disk.img is 0600 by default");
+    // No extended attributes: ENODATA, not ENOSYS (which floods logs).
+    let name = std::ffi::CString::new("user.test").unwrap();
+    let path = std::ffi::CString::new(disk.to_str().unwrap()).unwrap();
+    // SAFETY: valid C strings and a null buffer of size 0.
+    let rc = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(rc, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) }, 0);
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap())).expect("in /proc/mounts");
+    assert_eq!(line.split(' ').nth(2), Some("fuse.onefs"), "{line}");
+    assert_eq!(line.split(' ').next(), Some(store.to_str().unwrap()), "{line}");
+    drop(f);
+    onefs.unmount();
+}
+
+#[test]
+fn fstrim_after_deleting_files_shrinks_the_store() {
+    let s = Scratch::new();
+    let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
+    create(&store, "512M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let dev = Loop::attach(&onefs.disk(), &[]);
+    run("mkfs.ext4", &["-q", &dev.0]);
+    let after_mkfs = block_files(&store).len();
+    let inner = DevMount::new(&dev.0, &ext);
+    fs::write(ext.join("data"), pattern(5, 64 * MIB as usize)).unwrap();
+    run("sync", &["-f", ext.to_str().unwrap()]);
+    let full = block_files(&store).len();
+    assert!(full >= after_mkfs + 60, "64 MiB of data stored ({after_mkfs} -> {full} blocks)");
+    fs::remove_file(ext.join("data")).unwrap();
+    run("sync", &["-f", ext.to_str().unwrap()]);
+    run("fstrim", &[ext.to_str().unwrap()]);
+    let trimmed = block_files(&store).len();
+    assert!(trimmed + 60 <= full, "fstrim freed blocks ({full} -> {trimmed})");
+    inner.unmount();
+    dev.detach();
+    onefs.unmount();
+}
+
+#[test]
+fn mkfs_of_a_terabyte_image_stores_little() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "1T", "4M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let dev = Loop::attach(&onefs.disk(), &[]);
+    run("mkfs.ext4", &["-q", &dev.0]);
+    dev.detach();
+    let bytes: u64 = block_files(&store).iter().map(|n| fs::metadata(store.join(n)).unwrap().blocks() * 512).sum();
+    assert!(bytes < 256 * MIB, "mkfs.ext4 of 1 TiB stored {bytes} bytes");
+    onefs.unmount();
+}
+
+#[test]
+fn a_store_mounts_once_and_a_mountpoint_holds_one_mount() {
+    let s = Scratch::new();
+    let (store, other, mnt, mnt2) = (s.path("store"), s.path("other"), s.dir("mnt"), s.dir("mnt2"));
+    create(&store, "8M", "1M");
+    create(&other, "8M", "1M");
+    let first = OnefsMount::new(&store, &mnt, &[]);
+
+    let out = onefs(&["mount", store.to_str().unwrap(), mnt2.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("already mounted") && err.contains(mnt.to_str().unwrap()), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = onefs(&["mount", other.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("already a mount point"), "{err}");
+    first.unmount();
+}
+
+#[test]
+fn kill_9_leaves_a_dead_mount_that_the_next_mount_clears() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "8M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    pwrite(&onefs.disk(), 2 * MIB, b"survives kill -9");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(onefs.pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_store_released(&store);
+    assert_eq!(fs::metadata(&mnt).unwrap_err().raw_os_error(), Some(libc::ENOTCONN));
+    drop(onefs);
+
+    // Make the dead mount again (drop cleared it) and let onefs clear it.
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(onefs.pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_store_released(&store);
+    std::mem::forget(onefs);
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    assert_eq!(pread(&onefs.disk(), 2 * MIB, 16), b"survives kill -9");
+    onefs.unmount();
+}
+
+#[test]
+fn sigterm_stops_a_foreground_mount_cleanly() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "8M", "1M");
+    let mut child = Command::new(onefs_bin())
+        .args(["mount", "--foreground", store.to_str().unwrap(), mnt.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = OnefsMount { store: store.clone(), mountpoint: mnt.clone() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(guard.disk()).is_err() {
+        assert!(Instant::now() < deadline, "foreground mount never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::OpenOptions::new().write(true).open(guard.disk()).unwrap().write_all_at(b"flushed on exit", MIB).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(fs::metadata(mnt.join("disk.img")).is_err(), "still mounted");
+    assert_eq!(&fs::read(store.join("blk-00002")).unwrap()[..15], b"flushed on exit");
+    drop(guard);
+}
+
+#[test]
+fn a_busy_mount_detaches_lazily_and_serves_until_the_loop_device_lets_go() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "8M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    pwrite(&onefs.disk(), 0, b"still served");
+    let dev = Loop::attach(&onefs.disk(), &[]);
+    let pid = onefs.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(mnt.join("disk.img")).is_ok() {
+        assert!(Instant::now() < deadline, "mount was not detached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Detached from the tree, yet the daemon still serves the loop device.
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "daemon exited while a loop device held disk.img");
+    let mut buf = [0u8; 12];
+    let devf = fs::File::open(&dev.0).unwrap();
+    devf.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"still served");
+    drop(devf);
+    dev.detach();
+    wait_store_released(&store);
+    std::mem::forget(onefs);
+}
+
+#[test]
+fn mount_right_after_umount_waits_for_the_old_daemon() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "256M", "1M");
+    for round in 0..3u64 {
+        let onefs = OnefsMount::new(&store, &mnt, &[]);
+        {
+            let f = fs::OpenOptions::new().write(true).open(onefs.disk()).unwrap();
+            f.write_all_at(&pattern(round, 64 * MIB as usize), 0).unwrap();
+        }
+        // No wait for the daemon: the next mount must cope.
+        run("umount", &[mnt.to_str().unwrap()]);
+        std::mem::forget(onefs);
+    }
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    assert_eq!(pread(&onefs.disk(), 0, 4096), pattern(2, 4096));
+    onefs.unmount();
+}
