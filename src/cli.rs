@@ -35,10 +35,10 @@ pub enum Commands {
     /// Create a new image in an empty (or absent) store directory
     Create {
         /// Size of disk.img, with a binary suffix K, M, G, T or P (e.g. 1T)
-        #[arg(long, value_name = "SIZE")]
+        #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
         size: String,
         /// Size of one block file: a power of two from 4K to 1G (e.g. 4M)
-        #[arg(long, value_name = "SIZE", default_value = "4M")]
+        #[arg(long, value_name = "SIZE", default_value = "4M", allow_hyphen_values = true)]
         block_size: String,
         /// The store directory; must be empty or not exist yet
         store: PathBuf,
@@ -116,6 +116,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Create { size, block_size, store } => {
             let size = parse_size(&size).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
             let block_size = parse_size(&block_size).map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
+            crate::core::Geometry::new(size, block_size)
+                .map_err(|e| anyhow::anyhow!("--{}: {e}", e.field().replace('_', "-")))?;
             let meta = crate::create::create(&store, size, block_size)?;
             println!(
                 "created {} (id {}): disk.img of {} ({}) in {} blocks of {}",

@@ -21,12 +21,22 @@ pub enum GeometryError {
     BlockSizeOutOfRange(u64),
     #[error("size must be positive")]
     ZeroSize,
-    #[error("size {} is not a multiple of the block size {}", .0, Size(*.1))]
+    #[error("size {} is not a multiple of the block size {}", Size(*.0), Size(*.1))]
     NotMultiple(u64, u64),
     #[error("size {} is too large: {} blocks of {} exceed the limit of {} blocks (use larger blocks)", Size(*.0), .0 / .1, Size(*.1), MAX_BLOCK_COUNT)]
     TooManyBlocks(u64, u64),
     #[error("block name width {0} is too small for {1} blocks")]
     NameWidth(usize, u64),
+}
+
+impl GeometryError {
+    /// Which of the two creation inputs is at fault: `size` or `block_size`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::BlockSizeNotPowerOfTwo(_) | Self::BlockSizeOutOfRange(_) => "block_size",
+            _ => "size",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

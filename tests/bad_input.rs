@@ -1,0 +1,149 @@
+//! Every refusal: one clear line naming what is wrong, a non-zero exit, and
+//! nothing changed on disk.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+/// Runs onefs expecting failure; returns its single stderr line.
+fn refused(args: &[&str]) -> String {
+    let out = onefs(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "onefs {args:?} succeeded");
+    assert_eq!(err.trim_end().lines().count(), 1, "onefs {args:?}: expected one line, got:\n{err}");
+    assert!(err.starts_with("onefs: error: "), "{err}");
+    err
+}
+
+fn assert_mentions(err: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(err.contains(part), "{err:?} does not mention {part:?}");
+    }
+}
+
+#[test]
+fn create_refuses_bad_sizes_and_creates_nothing() {
+    let s = Scratch::new();
+    let store = s.path("store");
+    let st = store.to_str().unwrap();
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("0", "4M", &["--size", "positive"]),
+        ("-1", "4M", &["--size", "\"-1\"", "negative"]),
+        ("5M", "4M", &["5M", "not a multiple", "4M"]),
+        ("16E", "4M", &["--size", "\"16E\"", "too large"]),
+        ("8E", "4K", &["too large"]),
+        ("1T", "3M", &["3145728", "power of two"]),
+        ("1T", "2K", &["2K", "out of range"]),
+        ("1T", "2G", &["2G", "out of range"]),
+        ("1T", "4Q", &["--block-size", "\"4Q\""]),
+        ("lots", "4M", &["--size", "\"lots\""]),
+    ];
+    for (size, block_size, expect) in cases {
+        let err = refused(&["create", "--size", size, "--block-size", block_size, st]);
+        assert_mentions(&err, expect);
+        assert!(!store.exists(), "create --size {size} --block-size {block_size} left {st} behind");
+    }
+}
+
+#[test]
+fn create_refuses_a_non_empty_directory_a_file_and_an_unwritable_place() {
+    let s = Scratch::new();
+    let full = s.dir("full");
+    fs::write(full.join("precious"), b"do not touch").unwrap();
+    let before = snapshot(&full);
+    let err = refused(&["create", "--size", "1G", full.to_str().unwrap()]);
+    assert_mentions(&err, &[full.to_str().unwrap(), "not empty", "precious"]);
+    assert_eq!(snapshot(&full), before);
+
+    let file = s.path("file");
+    fs::write(&file, b"a file").unwrap();
+    let err = refused(&["create", "--size", "1G", file.to_str().unwrap()]);
+    assert_mentions(&err, &[file.to_str().unwrap(), "not a directory"]);
+    assert_eq!(fs::read(&file).unwrap(), b"a file");
+
+    // An existing image is a non-empty store: never overwritten.
+    let store = s.path("store");
+    create(&store, "1G", "1M");
+    let before = snapshot(&store);
+    let err = refused(&["create", "--size", "2G", store.to_str().unwrap()]);
+    assert_mentions(&err, &["not empty", "onefs.json"]);
+    assert_eq!(snapshot(&store), before);
+
+    let err = refused(&["create", "--size", "1G", "/proc/onefs-cannot-be-here"]);
+    assert_mentions(&err, &["/proc/onefs-cannot-be-here"]);
+}
+
+fn good_store(s: &Scratch) -> std::path::PathBuf {
+    let store = s.path("store");
+    create(&store, "8M", "1M");
+    store
+}
+
+fn refuse_mount(store: &Path, mnt: &Path, expect: &[&str]) {
+    let before = snapshot(store);
+    let err = refused(&["mount", store.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_mentions(&err, expect);
+    let after: Vec<_> = snapshot(store).into_iter().filter(|(n, _)| n != "onefs.lock").collect();
+    let before: Vec<_> = before.into_iter().filter(|(n, _)| n != "onefs.lock").collect();
+    assert_eq!(after, before, "a refused mount changed the store");
+}
+
+#[test]
+fn mount_refuses_damaged_or_foreign_descriptions() {
+    let s = Scratch::new();
+    let mnt = s.dir("mnt");
+    let store = good_store(&s);
+    let meta_path = store.join("onefs.json");
+    let meta_s = meta_path.to_str().unwrap().to_string();
+    let good = fs::read_to_string(&meta_path).unwrap();
+
+    fs::write(&meta_path, &good[..good.len() / 2]).unwrap();
+    refuse_mount(&store, &mnt, &[&meta_s, "EOF"]);
+
+    fs::write(&meta_path, good.replace("\"version\": 1", "\"version\": 7")).unwrap();
+    refuse_mount(&store, &mnt, &[&meta_s, "version 7 is newer"]);
+
+    fs::write(&meta_path, good.replace("\"block_count\": 8", "\"block_count\": 9")).unwrap();
+    refuse_mount(&store, &mnt, &[&meta_s, "block_count 9 does not match"]);
+
+    fs::write(&meta_path, good.replace("\"size\": 8388608", "\"size\": 8388609")).unwrap();
+    refuse_mount(&store, &mnt, &[&meta_s, "not a multiple"]);
+
+    fs::remove_file(&meta_path).unwrap();
+    refuse_mount(&store, &mnt, &[&meta_s, "No such file"]);
+
+    let err = refused(&["mount", s.path("absent").to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_mentions(&err, &["absent"]);
+}
+
+#[test]
+fn mount_refuses_block_files_that_do_not_belong() {
+    let s = Scratch::new();
+    let mnt = s.dir("mnt");
+    let store = good_store(&s);
+    let stray = store.join("blk-00009");
+    fs::write(&stray, b"").unwrap();
+    refuse_mount(&store, &mnt, &[stray.to_str().unwrap(), "not a block of this image", "blk-00001", "blk-00008"]);
+    fs::remove_file(&stray).unwrap();
+    let short = store.join("blk-001");
+    fs::write(&short, b"").unwrap();
+    refuse_mount(&store, &mnt, &[short.to_str().unwrap(), "not a block of this image"]);
+}
+
+#[test]
+fn mount_refuses_bad_mountpoints_and_options() {
+    let s = Scratch::new();
+    let store = good_store(&s);
+    let missing = s.path("missing");
+    refuse_mount(&store, &missing, &[missing.to_str().unwrap(), "does not exist"]);
+    let file = s.path("file");
+    fs::write(&file, b"").unwrap();
+    refuse_mount(&store, &file, &[file.to_str().unwrap(), "not a directory"]);
+    let mnt = s.dir("mnt");
+    let err = refused(&["mount", "-o", "ro,bogus=1", store.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_mentions(&err, &["-o", "bogus=1"]);
+    let err = refused(&["mount", "-o", "mode=99x", store.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_mentions(&err, &["mode=99x"]);
+}
