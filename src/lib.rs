@@ -10,6 +10,7 @@
 //! a mount), [`lock`], [`cli`].
 
 pub mod cli;
+pub mod config;
 pub mod core;
 pub mod create;
 pub mod errors;

@@ -83,139 +83,212 @@ pub fn serve(spec: &MountSpec, readiness: &mut dyn Readiness) -> anyhow::Result<
     // must unmount cleanly, not kill the process.
     let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
         .context("cannot install signal handlers")?;
-    let session = match start(spec) {
-        Ok(session) => session,
+    let (tx, rx) = mpsc::channel();
+    let ended_tx = tx.clone();
+    let mounted = match Mounted::start(spec, Box::new(move || drop(ended_tx.send(Event::Ended)))) {
+        Ok(mounted) => mounted,
         Err(err) => {
             readiness.failed(&err);
             return Err(err);
         }
     };
-    readiness.ready(&format!("mounted {} at {}", session.store.display(), session.mountpoint.display()));
-    session.run(signals)
+    readiness.ready(&format!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display()));
+    run_until_ended(mounted, signals, tx, rx)
 }
 
-struct Running {
-    store: PathBuf,
-    mountpoint: PathBuf,
+/// How a request to unmount went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmount {
+    /// Unmounted; the session ends shortly.
+    Done,
+    /// Busy (a loop device holds disk.img): detached lazily, still serving
+    /// until the last user lets go.
+    Detached,
+    /// Already detached earlier; nothing more to do.
+    AlreadyDetached,
+    Failed(String),
+}
+
+/// A live mount whose session runs on background threads, controlled by its
+/// owner: [`Mounted::unmount`] then [`Mounted::finish`] once the session
+/// ended (the `on_end` callback given to [`Mounted::start`] says when).
+pub struct Mounted {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
     image: Arc<Image>,
-    background: fuser::BackgroundSession,
+    session: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    detached: bool,
     _lock: StoreLock,
 }
 
-fn start(spec: &MountSpec) -> anyhow::Result<Running> {
-    let store = spec.store.canonicalize().map_err(|e| anyhow::anyhow!("store {}: {e}", spec.store.display()))?;
-    let meta = Meta::load(&store)?;
-    let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
-    let mountpoint = prepare_mountpoint(&spec.mountpoint)?;
-    let lock = StoreLock::acquire(&store, &mountpoint)?;
-    raise_fd_limit();
-    mark_io_flusher();
+impl Mounted {
+    /// Checks, locks, opens and mounts; returns once the mount is live (in
+    /// mountinfo and answering statfs with the FUSE magic). `on_end` runs on
+    /// a background thread when the FUSE session has ended.
+    pub fn start(spec: &MountSpec, on_end: Box<dyn FnOnce() + Send>) -> anyhow::Result<Self> {
+        let store = spec.store.canonicalize().map_err(|e| anyhow::anyhow!("store {}: {e}", spec.store.display()))?;
+        let meta = Meta::load(&store)?;
+        let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
+        let mountpoint = prepare_mountpoint(&spec.mountpoint)?;
+        let lock = StoreLock::acquire(&store, &mountpoint)?;
+        raise_fd_limit();
+        mark_io_flusher();
 
-    let started = Instant::now();
-    let backend: Arc<dyn BlockStore> = Arc::new(DirStore::open(&store, geometry)?);
-    let image = Arc::new(Image::open(geometry, backend)?);
-    log::info!(
-        "opened {} ({} blocks stored of {}) in {:?}",
-        store.display(),
-        image.stored_blocks(),
-        geometry.block_count(),
-        started.elapsed()
-    );
+        let started = Instant::now();
+        let backend: Arc<dyn BlockStore> = Arc::new(DirStore::open(&store, geometry)?);
+        let image = Arc::new(Image::open(geometry, backend)?);
+        log::info!(
+            "opened {} ({} blocks stored of {}) in {:?}",
+            store.display(),
+            image.stored_blocks(),
+            geometry.block_count(),
+            started.elapsed()
+        );
 
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(store.display().to_string()),
-        // fuser's pure-Rust mount drops MountOption::Subtype; this reaches the kernel.
-        MountOption::CUSTOM("subtype=onefs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoExec,
-        MountOption::NoAtime,
-    ];
-    if spec.options.access.read_only {
-        config.mount_options.push(MountOption::RO);
-    }
-    config.acl = if spec.options.allow_other { SessionACL::All } else { SessionACL::Owner };
-    config.n_threads = Some(spec.options.threads);
-    config.clone_fd = true;
-
-    let fs = OnefsFs::new(image.clone(), spec.options.access);
-    let session = fuser::Session::new(fs, &mountpoint, &config)
-        .map_err(|e| anyhow::anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
-    let background = session.spawn().context("cannot start FUSE workers")?;
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_live(&mountpoint, &store) {
-        if Instant::now() > deadline {
-            bail!("mount at {} did not come up within 10s", mountpoint.display());
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(store.display().to_string()),
+            // fuser's pure-Rust mount drops MountOption::Subtype; this reaches the kernel.
+            MountOption::CUSTOM("subtype=onefs".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+            MountOption::NoExec,
+            MountOption::NoAtime,
+        ];
+        if spec.options.access.read_only {
+            config.mount_options.push(MountOption::RO);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        config.acl = if spec.options.allow_other { SessionACL::All } else { SessionACL::Owner };
+        config.n_threads = Some(spec.options.threads);
+        config.clone_fd = true;
+
+        let fs = OnefsFs::new(image.clone(), spec.options.access);
+        let session = fuser::Session::new(fs, &mountpoint, &config)
+            .map_err(|e| anyhow::anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
+        let background = session.spawn().context("cannot start FUSE workers")?;
+        let session = std::thread::Builder::new()
+            .name("session".into())
+            .spawn(move || {
+                let result = background.join();
+                on_end();
+                result
+            })
+            .context("cannot start the session thread")?;
+        let mut mounted = Mounted { store, mountpoint, image, session: Some(session), detached: false, _lock: lock };
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_live(&mounted.mountpoint, &mounted.store) {
+            if Instant::now() > deadline {
+                let _ = mounted.unmount();
+                bail!("mount at {} did not come up within 10s", mounted.mountpoint.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        log::info!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display());
+        Ok(mounted)
     }
-    log::info!("mounted {} at {}", store.display(), mountpoint.display());
-    Ok(Running { store, mountpoint, image, background, _lock: lock })
-}
 
-enum Event {
-    Signal(i32),
-    Ended(std::io::Result<()>),
-}
+    /// Whether the mount is still in place and answering (false once
+    /// detached or unmounted).
+    pub fn is_live(&self) -> bool {
+        !self.detached && is_live(&self.mountpoint, &self.store)
+    }
 
-impl Running {
-    fn run(self, mut signals: signal_hook::iterator::Signals) -> anyhow::Result<()> {
-        let Running { store, mountpoint, image, background, _lock } = self;
-        let (tx, rx) = mpsc::channel();
-        let handle = signals.handle();
-        let signal_tx = tx.clone();
-        std::thread::Builder::new().name("signals".into()).spawn(move || {
-            for signal in signals.forever() {
-                if signal_tx.send(Event::Signal(signal)).is_err() {
-                    break;
-                }
-            }
-        })?;
-        std::thread::Builder::new().name("session".into()).spawn(move || {
-            let _ = tx.send(Event::Ended(background.join()));
-        })?;
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
 
-        let mut detached = false;
-        let result = loop {
-            match rx.recv() {
-                Ok(Event::Signal(libc::SIGHUP)) => log::info!("SIGHUP: nothing to reload for a single mount"),
-                Ok(Event::Signal(signal)) if detached => {
-                    log::warn!("signal {signal}: still serving the detached mount until its user lets go")
-                }
-                Ok(Event::Signal(signal)) => {
-                    log::info!("signal {signal}: flushing and unmounting {}", mountpoint.display());
-                    if let Err(err) = image.sync() {
-                        log::error!("flush before unmount failed: {err}");
-                    }
-                    match umount2(&mountpoint, MntFlags::empty()) {
-                        Ok(()) => {}
-                        Err(nix::errno::Errno::EBUSY) => {
-                            log::warn!(
-                                "{} is busy (is a loop device attached to disk.img?): detached it lazily; serving until released",
-                                mountpoint.display()
-                            );
-                            if let Err(err) = umount2(&mountpoint, MntFlags::MNT_DETACH) {
-                                log::error!("lazy unmount of {} failed: {err}", mountpoint.display());
-                            }
-                            detached = true;
-                        }
-                        Err(err) => log::error!("unmount of {} failed: {err}", mountpoint.display()),
+    /// Blocks of the image currently stored.
+    pub fn stored_blocks(&self) -> u64 {
+        self.image.stored_blocks()
+    }
+
+    /// Flushes, then unmounts; EBUSY (a loop device on disk.img) detaches
+    /// lazily and the session serves until released.
+    pub fn unmount(&mut self) -> Unmount {
+        if self.detached {
+            return Unmount::AlreadyDetached;
+        }
+        log::info!("flushing and unmounting {}", self.mountpoint.display());
+        if let Err(err) = self.image.sync() {
+            log::error!("flush before unmount failed: {err}");
+        }
+        match umount2(&self.mountpoint, MntFlags::empty()) {
+            Ok(()) => Unmount::Done,
+            Err(nix::errno::Errno::EBUSY) => {
+                log::warn!(
+                    "{} is busy (is a loop device attached to disk.img?): detached it lazily; serving until released",
+                    self.mountpoint.display()
+                );
+                self.detached = true;
+                match umount2(&self.mountpoint, MntFlags::MNT_DETACH) {
+                    Ok(()) => Unmount::Detached,
+                    Err(err) => {
+                        let message = format!("lazy unmount of {} failed: {err}", self.mountpoint.display());
+                        log::error!("{message}");
+                        Unmount::Failed(message)
                     }
                 }
-                Ok(Event::Ended(result)) => break result,
-                Err(_) => break Ok(()),
             }
+            Err(err) => {
+                let message = format!("unmount of {} failed: {err}", self.mountpoint.display());
+                log::error!("{message}");
+                Unmount::Failed(message)
+            }
+        }
+    }
+
+    /// Waits for the session to end, flushes a last time and releases the
+    /// store. Call once `on_end` has run (or after a successful unmount).
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        let result = match self.session.take().map(|h| h.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the session thread panicked")),
+            None => Ok(()),
         };
-        handle.close();
         // destroy() flushed already when the kernel said goodbye; flush again
         // in case the session ended without it, and report the outcome.
-        let flushed = image.sync();
-        log::info!("unmounted {} from {}", store.display(), mountpoint.display());
+        let flushed = self.image.sync();
+        log::info!("unmounted {} from {}", self.store.display(), self.mountpoint.display());
         result.context("FUSE session failed")?;
         flushed.context("final flush failed")?;
         Ok(())
     }
+}
+
+enum Event {
+    Signal(i32),
+    Ended,
+}
+
+fn run_until_ended(
+    mut mounted: Mounted,
+    mut signals: signal_hook::iterator::Signals,
+    tx: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<Event>,
+) -> anyhow::Result<()> {
+    let handle = signals.handle();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            if tx.send(Event::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    })?;
+    loop {
+        match rx.recv() {
+            Ok(Event::Signal(libc::SIGHUP)) => log::info!("SIGHUP: nothing to reload for a single mount"),
+            Ok(Event::Signal(signal)) if mounted.is_detached() => {
+                log::warn!("signal {signal}: still serving the detached mount until its user lets go")
+            }
+            Ok(Event::Signal(signal)) => {
+                log::info!("signal {signal}: stopping");
+                let _ = mounted.unmount();
+            }
+            Ok(Event::Ended) | Err(_) => break,
+        }
+    }
+    handle.close();
+    mounted.finish()
 }
