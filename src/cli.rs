@@ -3,9 +3,9 @@
 use crate::core::size::{Approx, Size, parse_size};
 use crate::mount::{MountSpec, Readiness};
 use crate::options::MountOptions;
-use crate::{logging, mount};
+use crate::{config, logging, mount};
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -59,6 +59,58 @@ pub enum Commands {
         /// An existing empty directory where disk.img appears
         mountpoint: PathBuf,
     },
+    /// Serve one definition in the foreground (what onefs@NAME.service runs)
+    Run {
+        /// The definition to serve: CONFIG_DIR/NAME.toml
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        name: Option<String>,
+        /// Serve this definition file instead of CONFIG_DIR/NAME.toml
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
+    /// Serve every definition in CONFIG_DIR (what onefs.service runs)
+    Daemon {
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
+    /// Make a running onefs re-read its definitions, and wait for the outcome
+    Reload {
+        /// The definition whose onefs to signal (found through its store's lock)
+        #[arg(required_unless_present = "pid", conflicts_with = "pid")]
+        name: Option<String>,
+        /// The onefs process to signal (the units pass $MAINPID)
+        #[arg(long, value_name = "PID")]
+        pid: Option<u32>,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
+    /// Show what is mounted, where, from which store, and how much is stored
+    Status {
+        /// Only this definition; exit status 3 when it is not mounted
+        name: Option<String>,
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
+    /// Clear dead mounts left by a crashed onefs at definitions' mountpoints
+    Cleanup {
+        /// The definition whose mountpoint to clear; without it, every definition
+        name: Option<String>,
+        /// Use this definition file instead of CONFIG_DIR/NAME.toml
+        #[arg(long, value_name = "FILE", conflicts_with = "name")]
+        config: Option<PathBuf>,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
 }
 
 /// Readiness reported to the parent `onefs mount` over a pipe.
@@ -85,8 +137,17 @@ impl Readiness for Foreground {
 }
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let argv0 = std::env::args_os().next().map(PathBuf::from).unwrap_or_default();
+    let program = argv0.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if program == "mount.onefs" || program == "mount.fuse.onefs" {
+        return crate::service::helper::main(&program, std::env::args_os().skip(1).collect());
+    }
+    let parsed = Cli::command().try_get_matches().and_then(|m| {
+        let given = m.value_source("log_level") == Some(clap::parser::ValueSource::CommandLine);
+        Cli::from_arg_matches(&m).map(|cli| (cli, given))
+    });
+    let (cli, level_given) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => {
             let _ = err.print();
             return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
@@ -98,6 +159,9 @@ pub fn main() -> ExitCode {
     };
     let detached = matches!(cli.command, Commands::Mount { ready_fd: Some(_), .. });
     logging::init(if detached { logging::Target::Syslog } else { logging::Target::Stderr }, level);
+    if let Some(code) = service_command(&cli, level_given.then_some(level)) {
+        return code;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -109,6 +173,69 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The service commands (run, daemon, reload, status, cleanup); `None` for
+/// the others.
+fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCode> {
+    use crate::service::{self, Source};
+    let fail = |err: anyhow::Error| {
+        eprintln!("onefs: error: {err:#}");
+        ExitCode::FAILURE
+    };
+    let result = match &cli.command {
+        Commands::Run { name, config, config_dir } => {
+            let source = match (name, config) {
+                (_, Some(file)) => Source::File { file: file.clone(), name: None },
+                (Some(name), None) => match config::definition_path(config_dir, name) {
+                    Ok(file) => Source::File { file, name: Some(name.clone()) },
+                    Err(err) => return Some(fail(anyhow::anyhow!("{err}"))),
+                },
+                (None, None) => return Some(fail(anyhow::anyhow!("give a definition NAME or --config FILE"))),
+            };
+            service::serve(source, level)
+        }
+        Commands::Daemon { config_dir } => service::serve(Source::Dir(config_dir.clone()), level),
+        Commands::Reload { name, pid, config_dir } => {
+            let pid = match (pid, name) {
+                (Some(pid), _) => Ok(*pid),
+                (None, Some(name)) => service::pid_serving(config_dir, name),
+                (None, None) => Err(anyhow::anyhow!("give a definition NAME or --pid PID")),
+            };
+            pid.and_then(|pid| service::request_reload(pid, std::time::Duration::from_secs(120))).map(|message| {
+                println!("{message}");
+            })
+        }
+        Commands::Status { name, json, config_dir } => {
+            match crate::status::collect(config_dir, name.as_deref()) {
+                Ok(entries) => {
+                    let text = if *json { crate::status::render_json(&entries) } else { crate::status::render_text(&entries) };
+                    print!("{text}");
+                    if name.is_some() && entries.iter().all(|e| e.state != "mounted") {
+                        return Some(ExitCode::from(3));
+                    }
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
+        }
+        Commands::Cleanup { name, config, config_dir } => {
+            let defs = match (name, config) {
+                (_, Some(file)) => config::Definition::load(file, None).map(|d| vec![d]).map_err(anyhow::Error::from),
+                (Some(name), None) => config::Definition::load_named(config_dir, name).map(|d| vec![d]).map_err(anyhow::Error::from),
+                (None, None) => config::load_dir(config_dir).map(|(good, _)| good).map_err(anyhow::Error::from),
+            };
+            defs.and_then(|defs| service::cleanup(&defs))
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -130,6 +257,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Commands::Run { .. } | Commands::Daemon { .. } | Commands::Reload { .. } | Commands::Status { .. } | Commands::Cleanup { .. } => {
+            bail!("internal error: service commands are handled by service_command")
+        }
         Commands::Mount { foreground, options, ready_fd, store, mountpoint } => {
             let options = MountOptions::parse(&options).map_err(|e| anyhow::anyhow!("-o: {e}"))?;
             let spec = MountSpec { store: store.clone(), mountpoint: mountpoint.clone(), options };
@@ -146,7 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn options_text(spec: &MountSpec) -> String {
+pub(crate) fn options_text(spec: &MountSpec) -> String {
     let o = &spec.options;
     let mut parts = vec![
         format!("uid={}", o.access.uid),
@@ -165,7 +295,7 @@ fn options_text(spec: &MountSpec) -> String {
 
 /// Starts a detached `onefs mount --foreground` and waits until it reports
 /// that the mount is live, or why it is not.
-fn mount_detached(log_level: &str, options: &str, store: &PathBuf, mountpoint: &PathBuf) -> anyhow::Result<()> {
+pub(crate) fn mount_detached(log_level: &str, options: &str, store: &PathBuf, mountpoint: &PathBuf) -> anyhow::Result<()> {
     const READY_FD: i32 = 3;
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create pipe")?;
     let exe = std::env::current_exe().context("cannot find the onefs executable")?;

@@ -339,36 +339,37 @@ impl Definition {
 
 /// Every `*.toml` in `dir`, sorted by name: the good ones, and one error line
 /// for each broken one.
-pub fn load_dir(dir: &Path) -> Result<(Vec<Definition>, Vec<ConfigError>), ConfigError> {
+pub fn load_dir(dir: &Path) -> Result<(Vec<Definition>, Vec<(String, ConfigError)>), ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ConfigError(format!("{}: {e}", dir.display())))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == EXTENSION))
         .collect();
     files.sort();
-    let (mut good, mut bad): (Vec<Definition>, Vec<ConfigError>) = (vec![], vec![]);
+    let (mut good, mut bad): (Vec<Definition>, Vec<(String, ConfigError)>) = (vec![], vec![]);
     for file in files {
+        let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         match Definition::load(&file, None) {
             Ok(def) => {
                 if let Some(other) = good.iter().find(|d| d.store == def.store) {
-                    bad.push(ConfigError(format!(
+                    bad.push((name, ConfigError(format!(
                         "{}: store {} is already used by {}",
                         file.display(),
                         def.store.display(),
                         other.file.display()
-                    )));
+                    ))));
                 } else if let Some(other) = good.iter().find(|d| d.mountpoint == def.mountpoint) {
-                    bad.push(ConfigError(format!(
+                    bad.push((name, ConfigError(format!(
                         "{}: mountpoint {} is already used by {}",
                         file.display(),
                         def.mountpoint.display(),
                         other.file.display()
-                    )));
+                    ))));
                 } else {
                     good.push(def);
                 }
             }
-            Err(e) => bad.push(e),
+            Err(e) => bad.push((name, e)),
         }
     }
     Ok((good, bad))
@@ -467,8 +468,9 @@ block_size = "4M"
         let (good, bad) = load_dir(dir.path()).unwrap();
         assert_eq!(good.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["a", "d"]);
         assert_eq!(bad.len(), 2, "{bad:?}");
-        assert!(bad[0].0.contains("b.toml:1: missing required key `mountpoint`"), "{bad:?}");
-        assert!(bad[1].0.contains("c.toml: store /s/a is already used by"), "{bad:?}");
+        assert_eq!((bad[0].0.as_str(), bad[1].0.as_str()), ("b", "c"));
+        assert!(bad[0].1.0.contains("b.toml:1: missing required key `mountpoint`"), "{bad:?}");
+        assert!(bad[1].1.0.contains("c.toml: store /s/a is already used by"), "{bad:?}");
     }
 
     #[test]

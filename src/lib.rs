@@ -22,4 +22,6 @@ pub mod meta;
 pub mod mount;
 pub mod mountinfo;
 pub mod options;
+pub mod service;
+pub mod status;
 pub mod store;

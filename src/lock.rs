@@ -55,6 +55,42 @@ impl Holder {
     }
 }
 
+/// The systemd unit this process runs in: `ONEFS_UNIT` when the unit sets
+/// it, else the unit named by our cgroup (`/system.slice/NAME.service`,
+/// `….mount` for a mount started from fstab).
+pub fn current_unit() -> Option<String> {
+    if let Ok(unit) = std::env::var("ONEFS_UNIT")
+        && !unit.is_empty()
+    {
+        return Some(unit);
+    }
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    unit_from_cgroup(&text)
+}
+
+fn unit_from_cgroup(text: &str) -> Option<String> {
+    // Prefer systemd's own hierarchy (v1 name=systemd, or the v2 line "0::").
+    let line = text
+        .lines()
+        .find(|l| l.contains(":name=systemd:"))
+        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
+    let path = line.splitn(3, ':').nth(2)?;
+    path.split('/')
+        .rev()
+        .find(|c| [".service", ".mount"].iter().any(|s| c.ends_with(s)))
+        .map(str::to_string)
+}
+
+/// Who holds the lock of `store`, if a live onefs process does.
+pub fn holder(store: &Path) -> Option<Holder> {
+    let text = std::fs::read_to_string(store.join(LOCK_FILE)).ok()?;
+    let holder = Holder::parse(&text);
+    let pid = holder.pid?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let comm = comm.trim_end();
+    (comm == "onefs" || comm.starts_with("mount.")).then_some(holder)
+}
+
 fn try_flock(file: &File) -> io::Result<bool> {
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -96,7 +132,12 @@ impl StoreLock {
                 .and_then(mountinfo::mount_at)
                 .is_some_and(|m| m.fstype == "fuse.onefs" && Path::new(&m.source) == store);
             if still_mounted {
-                anyhow::bail!("store {} is already mounted {}", store.display(), holder.describe());
+                let hint = if holder.unit.as_deref().is_some_and(|u| u.starts_with("onefs")) {
+                    " (a definition is served by either onefs@NAME.service or onefs.service, not both; stop that unit first)"
+                } else {
+                    ""
+                };
+                anyhow::bail!("store {} is already mounted {}{hint}", store.display(), holder.describe());
             }
             if started.elapsed() >= RELEASE_WAIT {
                 anyhow::bail!(
@@ -111,7 +152,7 @@ impl StoreLock {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let unit = std::env::var("ONEFS_UNIT").unwrap_or_default();
+        let unit = current_unit().unwrap_or_default();
         let record = format!("pid={}\nmountpoint={}\nunit={unit}\n", std::process::id(), mountpoint.display());
         file.set_len(0)
             .and_then(|()| file.rewind())
@@ -124,6 +165,15 @@ impl StoreLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_comes_from_the_systemd_cgroup() {
+        let v1 = "12:pids:/system.slice/onefs@data.service\n1:name=systemd:/system.slice/onefs@data.service\n0::/system.slice/onefs@data.service\n";
+        assert_eq!(unit_from_cgroup(v1).as_deref(), Some("onefs@data.service"));
+        assert_eq!(unit_from_cgroup("0::/system.slice/srv-onefs-data.mount\n").as_deref(), Some("srv-onefs-data.mount"));
+        assert_eq!(unit_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), None);
+        assert_eq!(unit_from_cgroup("0::/\n"), None);
+    }
 
     #[test]
     fn second_lock_on_a_mounted_store_is_refused_quickly_and_released_on_drop() {

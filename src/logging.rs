@@ -5,6 +5,27 @@
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The level in force; [`set_level`] changes it at run time (a reload).
+static LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
+
+fn level_from(n: usize) -> LevelFilter {
+    [LevelFilter::Off, LevelFilter::Error, LevelFilter::Warn, LevelFilter::Info, LevelFilter::Debug, LevelFilter::Trace]
+        .get(n)
+        .copied()
+        .unwrap_or(LevelFilter::Info)
+}
+
+/// Changes the level of the installed logger.
+pub fn set_level(level: LevelFilter) {
+    LEVEL.store(level as usize, Ordering::Relaxed);
+    log::set_max_level(level);
+}
+
+pub fn level() -> LevelFilter {
+    level_from(LEVEL.load(Ordering::Relaxed))
+}
 
 type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
@@ -16,7 +37,6 @@ enum Sink {
 
 struct Logger {
     sink: Sink,
-    level: LevelFilter,
 }
 
 /// How the process runs, which decides where its log goes.
@@ -47,8 +67,8 @@ pub fn init(target: Target, level: LevelFilter) {
             }
         }
     };
-    if log::set_boxed_logger(Box::new(Logger { sink, level })).is_ok() {
-        log::set_max_level(level);
+    if log::set_boxed_logger(Box::new(Logger { sink })).is_ok() {
+        set_level(level);
     }
 }
 
@@ -66,10 +86,23 @@ pub fn parse_level(text: &str) -> Option<LevelFilter> {
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         // Other crates (fuser) log at info for routine events; keep only their warnings.
-        metadata.level() <= self.level && (metadata.target().starts_with("onefs") || metadata.level() <= Level::Warn)
+        metadata.level() <= level() && (metadata.target().starts_with("onefs") || metadata.level() <= Level::Warn)
     }
 
     fn log(&self, record: &Record) {
+        // fuser warns "Unmount failed" when it finds the mount already gone:
+        // onefs unmounted it itself (and reports its own failures).
+        if record.target().starts_with("fuser") && record.args().to_string().starts_with("Unmount failed") && level() < LevelFilter::Debug {
+            return;
+        }
+        self.write(record)
+    }
+
+    fn flush(&self) {}
+}
+
+impl Logger {
+    fn write(&self, record: &Record) {
         if !self.enabled(record.metadata()) {
             return;
         }
@@ -105,5 +138,4 @@ impl Log for Logger {
         }
     }
 
-    fn flush(&self) {}
 }

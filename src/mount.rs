@@ -54,6 +54,20 @@ pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Clears a dead FUSE mount (ENOTCONN: its daemon was killed) at `path`.
+/// Returns whether there was one; a live mount or a plain directory is left
+/// alone.
+pub fn clear_dead_mount(path: &Path) -> anyhow::Result<bool> {
+    // statfs, not stat: stat may answer from the attribute cache for a second.
+    match nix::sys::statfs::statfs(path) {
+        Err(nix::errno::Errno::ENOTCONN) => {
+            umount2(path, MntFlags::MNT_DETACH).with_context(|| format!("{}: cannot clear dead mount", path.display()))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 fn is_live(mountpoint: &Path, store: &Path) -> bool {
     let fuse = nix::sys::statfs::statfs(mountpoint).is_ok_and(|s| s.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC);
     fuse && mountinfo::mount_at(mountpoint).is_some_and(|m| m.fstype == FUSE_TYPE && Path::new(&m.source) == store)

@@ -1,0 +1,310 @@
+//! Crashes and faults for real: kill -9 of the daemon, a power cut of the
+//! store's filesystem, a full store, a store removed under a live mount, and
+//! a writer under memory pressure. Every acknowledged (fsync'ed) record must
+//! survive; nothing may panic.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const RECORD: usize = 4096;
+
+fn record(i: u64) -> Vec<u8> {
+    let mut r = pattern(i + 1000, RECORD);
+    r[..12].copy_from_slice(format!("REC{i:09}").as_bytes());
+    r
+}
+
+/// Appends fsync'ed records to `path` until told to stop or an error; returns
+/// the indices whose fdatasync succeeded.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(path: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(vec![]));
+        let (s, a) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let Ok(f) = fs::OpenOptions::new().create(true).write(true).mode(0o644).open(&path) else { return };
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                if f.write_all_at(&record(i), i * RECORD as u64).is_err() || f.sync_data().is_err() {
+                    return;
+                }
+                a.lock().unwrap().push(i);
+                i += 1;
+            }
+        });
+        Writer { stop, acked, thread: Some(thread) }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn finish(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.thread.as_ref().unwrap().is_finished() {
+            assert!(Instant::now() < deadline, "writer hung after the crash");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.thread.take().unwrap().join().unwrap();
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+fn wait_pid_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "pid {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_pid_gone(pid);
+}
+
+/// A pseudo-random pause so the crash lands at a different point each run.
+fn random_pause(min_ms: u64, span_ms: u64) {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    std::thread::sleep(Duration::from_millis(min_ms + nanos % span_ms));
+}
+
+/// Checks the inner ext4 after a crash (journal replay, then a clean
+/// read-only check) and that every acknowledged record is intact.
+fn verify_after_crash(store: &Path, mnt: &Path, ext: &Path, acked: &[u64]) {
+    let onefs = OnefsMount::new(store, mnt, &[]);
+    let dev = Loop::attach(&onefs.disk(), &[]);
+    let replay = Command::new("e2fsck").args(["-fy", &dev.0]).output().unwrap();
+    assert!(replay.status.code().unwrap_or(8) <= 1, "e2fsck -fy: {}", String::from_utf8_lossy(&replay.stdout));
+    let check = Command::new("e2fsck").args(["-fn", &dev.0]).output().unwrap();
+    assert!(check.status.success(), "e2fsck -fn after replay: {}", String::from_utf8_lossy(&check.stdout));
+    let inner = DevMount::new(&dev.0, ext);
+    let log = fs::read(ext.join("log")).unwrap_or_default();
+    for &i in acked {
+        let at = i as usize * RECORD;
+        assert!(log.len() >= at + RECORD, "acknowledged record {i} missing (log is {} bytes)", log.len());
+        assert!(log[at..at + RECORD] == record(i)[..], "acknowledged record {i} damaged");
+    }
+    inner.unmount();
+    dev.detach();
+    onefs.unmount();
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_write() {
+    let s = Scratch::new();
+    let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
+    create(&store, "512M", "1M");
+    let acked = {
+        let onefs = OnefsMount::new(&store, &mnt, &[]);
+        let dev = Loop::attach(&onefs.disk(), &[]);
+        run("mkfs.ext4", &["-q", &dev.0]);
+        let inner = DevMount::new(&dev.0, &ext);
+        let writer = Writer::start(ext.join("log"));
+        random_pause(300, 700);
+        kill9(onefs.pid());
+        let acked = writer.finish();
+        drop(inner);
+        drop(dev);
+        drop(onefs);
+        acked
+    };
+    assert!(acked.len() > 10, "the writer got going before the crash ({} records)", acked.len());
+    verify_after_crash(&store, &mnt, &ext, &acked);
+}
+
+/// An ext4 of its own for the store, so its power can be cut alone.
+struct StoreFs {
+    dir: PathBuf,
+    _mount: DevMount,
+    _dev: Loop,
+}
+
+impl StoreFs {
+    fn new(s: &Scratch, size: &str) -> (Self, PathBuf) {
+        let image = s.path("storefs.img");
+        run("truncate", &["-s", size, image.to_str().unwrap()]);
+        run("mkfs.ext4", &["-q", image.to_str().unwrap()]);
+        let dev = Loop::attach(&image, &[]);
+        let dir = s.dir("storefs");
+        let mount = DevMount::new(&dev.0, &dir);
+        (StoreFs { dir: dir.clone(), _mount: mount, _dev: dev }, dir.join("store"))
+    }
+}
+
+#[test]
+fn power_cut_of_the_store_loses_no_acknowledged_write() {
+    let s = Scratch::new();
+    let (storefs, store) = StoreFs::new(&s, "1G");
+    let (mnt, ext) = (s.dir("mnt"), s.dir("ext"));
+    create(&store, "512M", "1M");
+    let acked = {
+        let onefs = OnefsMount::new(&store, &mnt, &[]);
+        let dev = Loop::attach(&onefs.disk(), &["--direct-io=on"]);
+        run("mkfs.ext4", &["-q", &dev.0]);
+        let inner = DevMount::new(&dev.0, &ext);
+        run("sync", &[]);
+        let writer = Writer::start(ext.join("log"));
+        random_pause(300, 700);
+        // The power cut: nothing the store's filesystem had not made durable survives.
+        let pid = onefs.pid();
+        let before = writer.acked_count();
+        run("xfs_io", &["-x", "-c", "shutdown", storefs.dir.to_str().unwrap()]);
+        kill9(pid);
+        let acked = writer.finish();
+        assert!(acked.len() >= before);
+        drop(inner);
+        drop(dev);
+        let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+        std::mem::forget(onefs);
+        acked
+    };
+    // Power back on: remount the store's filesystem (journal replay).
+    let dev = storefs._dev.0.clone();
+    run("umount", &[storefs.dir.to_str().unwrap()]);
+    run("mount", &[&dev, storefs.dir.to_str().unwrap()]);
+    assert!(acked.len() > 10, "the writer got going before the power cut ({} records)", acked.len());
+    verify_after_crash(&store, &mnt, &ext, &acked);
+    drop(storefs);
+}
+
+#[test]
+fn a_full_store_gives_enospc_and_keeps_what_was_stored() {
+    let s = Scratch::new();
+    let (storefs, store) = StoreFs::new(&s, "64M");
+    let mnt = s.dir("mnt");
+    create(&store, "1G", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let f = fs::OpenOptions::new().write(true).open(onefs.disk()).unwrap();
+    let mut synced = 0u64;
+    let errno = loop {
+        let chunk = pattern(synced, MIB as usize);
+        if let Err(e) = f.write_all_at(&chunk, synced * MIB).and_then(|()| f.sync_data()) {
+            break e.raw_os_error();
+        }
+        synced += 1;
+        assert!(synced < 200, "a 64 MiB store took 200 MiB");
+    };
+    assert_eq!(errno, Some(libc::ENOSPC));
+    assert!(synced > 20, "only {synced} MiB fit");
+    drop(f);
+    onefs.unmount();
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    for i in 0..synced {
+        assert!(pread(&onefs.disk(), i * MIB, MIB as usize) == pattern(i, MIB as usize), "block {i} damaged by ENOSPC");
+    }
+    onefs.unmount();
+    drop(storefs);
+}
+
+#[test]
+fn a_store_removed_under_a_live_mount_gives_errors_not_a_crash() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "64M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    pwrite(&onefs.disk(), 0, b"before");
+    let pid = onefs.pid();
+    // Keep the lock file's directory entry for the test guard; remove the rest.
+    for e in fs::read_dir(&store).unwrap().flatten() {
+        if e.file_name() != "onefs.lock" {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    fs::rename(&store, s.path("moved")).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(onefs.disk()).unwrap();
+    let result = f.write_all_at(b"after", 10 * MIB).and_then(|()| f.sync_all());
+    assert!(result.is_err(), "writing into a removed store succeeded");
+    drop(f);
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "daemon died");
+    run("umount", &[mnt.to_str().unwrap()]);
+    wait_pid_gone(pid);
+    std::mem::forget(onefs);
+}
+
+#[test]
+fn a_writer_under_memory_pressure_finishes_with_its_data_intact() {
+    let s = Scratch::new();
+    let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
+    create(&store, "1G", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let dev = Loop::attach(&onefs.disk(), &[]);
+    run("mkfs.ext4", &["-q", &dev.0]);
+    let inner = DevMount::new(&dev.0, &ext);
+
+    let limit = 32 * MIB;
+    let group = MemoryGroup::new(&s, limit);
+    let data = ext.join("big");
+    let script = format!(
+        "echo $$ > {procs}; head -c {size} /dev/urandom > {out}.tmp && dd if={out}.tmp of={out} bs=1M conv=fsync status=none && sha256sum {out}.tmp",
+        procs = group.procs.display(),
+        size = 8 * limit,
+        out = data.display()
+    );
+    let started = Instant::now();
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "writer in a {limit}-byte cgroup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(300));
+    let expected = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    drop(group);
+    inner.unmount();
+    dev.detach();
+    onefs.unmount();
+
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let dev = Loop::attach(&onefs.disk(), &[]);
+    let inner = DevMount::new(&dev.0, &ext);
+    assert_eq!(sha256(&data), expected);
+    inner.unmount();
+    dev.detach();
+    onefs.unmount();
+}
+
+/// A memory cgroup (v1 where the controller lives there, else v2).
+struct MemoryGroup {
+    path: PathBuf,
+    procs: PathBuf,
+}
+
+impl MemoryGroup {
+    fn new(s: &Scratch, limit: u64) -> Self {
+        let name = s.path("").file_name().unwrap().to_string_lossy().into_owned();
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (path, file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(&name), "memory.limit_in_bytes")
+        } else {
+            (Path::new("/sys/fs/cgroup").join(&name), "memory.max")
+        };
+        fs::create_dir(&path).expect("create memory cgroup");
+        fs::write(path.join(file), limit.to_string()).expect("set memory limit");
+        MemoryGroup { procs: path.join("cgroup.procs"), path }
+    }
+}
+
+impl Drop for MemoryGroup {
+    fn drop(&mut self) {
+        // Move anything left back to the root group, then remove ours.
+        if let Ok(pids) = fs::read_to_string(&self.procs) {
+            let root = self.path.parent().unwrap().join("cgroup.procs");
+            for pid in pids.lines() {
+                let _ = fs::write(&root, pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
+}
