@@ -44,6 +44,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Starts writing a block file's dirty pages to disk without waiting.
+///
+/// Called when a write reaches the end of a block, which is where a stream
+/// of writes leaves it: the disk starts on it now instead of at the next
+/// fsync, which then has that much less to do. A hint only: durability still
+/// comes from `sync`, so a failure here is ignored.
+fn start_writeback(file: &File) {
+    // SAFETY: plain syscall on a descriptor we own; offset 0, length 0 = whole file.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
 /// Names the block file in an I/O error, keeping its errno.
 fn at(path: &Path, err: io::Error) -> io::Error {
     crate::errors::context(path.display(), err)
@@ -166,7 +177,15 @@ impl DirStore {
 
     fn fsync_blocks(&self, blocks: &[u64]) -> Vec<(u64, io::Error)> {
         let sync_one = |block: u64| -> io::Result<()> {
-            match self.file(block, false) {
+            // Runs without the block's lock: a descriptor opened here must not
+            // enter the cache, or a concurrent delete + re-create could leave
+            // writers holding the unlinked file.
+            let cached = lock(self.shard(block)).files.get(&block).map(|(f, _)| f.clone());
+            let file = match cached {
+                Some(file) => Ok(file),
+                None => File::open(self.block_path(block)).map_err(|e| at(&self.block_path(block), e)).map(Arc::new),
+            };
+            match file {
                 Ok(file) => file.sync_data().map_err(|e| at(&self.block_path(block), e)),
                 // Deleted since it was written: the directory sync covers it.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -191,7 +210,9 @@ impl DirStore {
 
 impl BlockStore for DirStore {
     fn list(&self) -> io::Result<Vec<u64>> {
+        const SHORT_WARNINGS: u64 = 10;
         let mut blocks = Vec::new();
+        let mut short = 0u64;
         for entry in fs::read_dir(&self.root).map_err(|e| at(&self.root, e))? {
             let entry = entry.map_err(|e| at(&self.root, e))?;
             let name = entry.file_name();
@@ -200,7 +221,34 @@ impl BlockStore for DirStore {
                 continue;
             }
             match self.geometry.parse_block_name(name) {
-                Some(block) => blocks.push(block),
+                Some(block) => {
+                    let path = self.root.join(name);
+                    let len = entry.metadata().map_err(|e| at(&path, e))?.len();
+                    if len > self.geometry.block_size() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{}: block file is {len} bytes, longer than the block size {}; check it with onefs fsck",
+                                path.display(),
+                                self.geometry.block_size()
+                            ),
+                        ));
+                    }
+                    if len < self.geometry.block_size() {
+                        // A crash between creating a block file and sizing it
+                        // leaves one short; its missing tail reads as zeros,
+                        // which is exactly what it means.
+                        short += 1;
+                        if short <= SHORT_WARNINGS {
+                            log::warn!(
+                                "{}: short block file ({len} of {} bytes, reads as zeros past its end); run onefs fsck --repair",
+                                path.display(),
+                                self.geometry.block_size()
+                            );
+                        }
+                    }
+                    blocks.push(block)
+                }
                 None => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -213,6 +261,9 @@ impl BlockStore for DirStore {
                     ));
                 }
             }
+        }
+        if short > SHORT_WARNINGS {
+            log::warn!("{}: {} more short block files; run onefs fsck --repair", self.root.display(), short - SHORT_WARNINGS);
         }
         Ok(blocks)
     }
@@ -251,6 +302,9 @@ impl BlockStore for DirStore {
         }
         file.write_all_at(data, offset).map_err(|e| at(&self.block_path(block), e))?;
         self.mark_dirty(block);
+        if offset + data.len() as u64 == self.geometry.block_size() {
+            start_writeback(&file);
+        }
         Ok(())
     }
 
