@@ -111,6 +111,15 @@ pub enum Commands {
         #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
     },
+    /// Check an unmounted store; exit 0 clean, 1 problems remain, 2 cannot check
+    Fsck {
+        /// Remove leftover temporaries and all-zero blocks, extend short blocks
+        /// (stray files and over-long blocks are only reported)
+        #[arg(long)]
+        repair: bool,
+        /// The store directory to check
+        store: PathBuf,
+    },
 }
 
 /// Readiness reported to the parent `onefs mount` over a pipe.
@@ -273,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (false, None) => mount_detached(&cli.log_level, &options_text(&spec), &store, &mountpoint),
             }
         }
+        Commands::Fsck { repair, store } => std::process::exit(crate::fsck::command(&store, repair)),
     }
 }
 

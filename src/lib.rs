@@ -14,6 +14,7 @@ pub mod config;
 pub mod core;
 pub mod create;
 pub mod errors;
+pub mod fsck;
 pub mod fuse;
 pub mod image;
 pub mod lock;

@@ -24,6 +24,8 @@ pub struct Holder {
     pub pid: Option<u32>,
     pub mountpoint: Option<PathBuf>,
     pub unit: Option<String>,
+    /// The holder is `onefs fsck`, not a mount.
+    pub fsck: bool,
 }
 
 impl Holder {
@@ -32,8 +34,9 @@ impl Holder {
         for line in text.lines() {
             match line.split_once('=') {
                 Some(("pid", v)) => holder.pid = v.parse().ok(),
-                Some(("mountpoint", v)) => holder.mountpoint = Some(PathBuf::from(v)),
+                Some(("mountpoint", v)) if !v.is_empty() => holder.mountpoint = Some(PathBuf::from(v)),
                 Some(("unit", v)) if !v.is_empty() => holder.unit = Some(v.into()),
+                Some(("role", "fsck")) => holder.fsck = true,
                 _ => {}
             }
         }
@@ -46,7 +49,7 @@ impl Holder {
             parts.push(format!("at {}", mp.display()));
         }
         if let Some(pid) = self.pid {
-            parts.push(format!("by onefs pid {pid}"));
+            parts.push(format!("by onefs {}pid {pid}", if self.fsck { "fsck " } else { "" }));
         }
         if let Some(unit) = &self.unit {
             parts.push(format!("(unit {unit})"));
@@ -126,6 +129,9 @@ impl StoreLock {
         let mut announced = false;
         while !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
             let holder = read_holder(&mut file);
+            if holder.fsck {
+                anyhow::bail!("store {} is being checked {}; mount it when the check has finished", store.display(), holder.describe());
+            }
             let still_mounted = holder
                 .mountpoint
                 .as_deref()
@@ -160,6 +166,46 @@ impl StoreLock {
             .map_err(|e| anyhow::anyhow!("{}: cannot record lock holder: {e}", path.display()))?;
         Ok(Self { _file: file })
     }
+
+    /// Takes the store's lock for `onefs fsck`, without waiting: a store that
+    /// is mounted (or still finishing an unmount, or being checked) is
+    /// refused at once, naming the holder. Held, it keeps mounts out until
+    /// dropped. Without `write`, a store whose lock file cannot be opened for
+    /// writing (read-only media) is still locked through a read-only open.
+    pub fn try_acquire_for_fsck(store: &Path, write: bool) -> anyhow::Result<Self> {
+        let path = store.join(LOCK_FILE);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path);
+        let (mut file, writable) = match opened {
+            Ok(file) => (file, true),
+            Err(e) if !write && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
+                let file = File::open(&path).map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
+                (file, false)
+            }
+            Err(e) => anyhow::bail!("{}: cannot open lock file: {e}", path.display()),
+        };
+        if !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
+            let holder = read_holder(&mut file);
+            let what = if holder.fsck { "being checked" } else { "in use" };
+            let who = holder.describe();
+            let who = if who.is_empty() { "by another process".to_string() } else { who };
+            anyhow::bail!("store {} is {what} {who}; unmount it before running fsck", store.display());
+        }
+        if writable {
+            let record = format!("pid={}\nmountpoint=\nunit=\nrole=fsck\n", std::process::id());
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(record.as_bytes()))
+                .map_err(|e| anyhow::anyhow!("{}: cannot record lock holder: {e}", path.display()))?;
+        }
+        Ok(Self { _file: file })
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +234,23 @@ mod tests {
         waiter.join().unwrap().unwrap();
         let text = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
         assert!(text.contains("mountpoint=/elsewhere"), "{text}");
+    }
+
+    #[test]
+    fn fsck_lock_does_not_wait_and_keeps_mounts_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = StoreLock::acquire(dir.path(), Path::new("/mnt/x")).unwrap();
+        let started = Instant::now();
+        let err = StoreLock::try_acquire_for_fsck(dir.path(), false).err().unwrap().to_string();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(err.contains("at /mnt/x") && err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(mount);
+        let fsck = StoreLock::try_acquire_for_fsck(dir.path(), true).unwrap();
+        let err = StoreLock::acquire(dir.path(), Path::new("/mnt/x")).err().unwrap().to_string();
+        assert!(err.contains("being checked by onefs fsck pid"), "{err}");
+        let err = StoreLock::try_acquire_for_fsck(dir.path(), true).err().unwrap().to_string();
+        assert!(err.contains("being checked"), "{err}");
+        drop(fsck);
+        StoreLock::acquire(dir.path(), Path::new("/mnt/x")).unwrap();
     }
 }

@@ -1,0 +1,402 @@
+//! `onefs fsck STORE [--repair]`: checks a store that is not mounted.
+//!
+//! Checks `onefs.json`, every file name, the length of every block file and
+//! whether a stored block holds any data. With `--repair` it fixes what has
+//! exactly one meaning — a leftover temporary file, an all-zero block (the
+//! same as an absent one), a block file shorter than a block (its missing
+//! tail reads as zeros) — and only reports what it cannot be sure of (stray
+//! files, block files longer than a block).
+//!
+//! The store lock is held for the whole check, so no mount starts meanwhile.
+
+use crate::core::size::{Approx, Size};
+use crate::core::{Geometry, is_zero};
+use crate::lock::{LOCK_FILE, StoreLock};
+use crate::meta::{META_FILE, Meta};
+use std::fs::{self, File};
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Exit codes of `onefs fsck`.
+pub const EXIT_CLEAN: i32 = 0;
+pub const EXIT_PROBLEMS: i32 = 1;
+pub const EXIT_ERROR: i32 = 2;
+
+/// Threads reading block files: a deeper queue for the disk.
+const THREADS: usize = 4;
+/// Below this many block files there is no progress bar.
+const PROGRESS_MIN_FILES: usize = 2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// A file that is not part of a store (never removed).
+    Stray,
+    /// A `.NAME.tmp` left by an interrupted write (removed by repair).
+    Temporary,
+    /// A block file shorter than a block (extended by repair).
+    ShortBlock,
+    /// A block file longer than a block (never repaired).
+    LongBlock,
+    /// A block file holding only zeros (removed by repair).
+    ZeroBlock,
+    /// A block file that could not be read or repaired.
+    Unreadable,
+}
+
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub path: PathBuf,
+    pub problem: Problem,
+    /// What is wrong, for humans.
+    pub detail: String,
+    /// What repair did, or why it did not.
+    pub repair: Option<Result<String, String>>,
+}
+
+impl Finding {
+    pub fn repaired(&self) -> bool {
+        matches!(self.repair, Some(Ok(_)))
+    }
+
+    /// One line naming the file.
+    pub fn line(&self) -> String {
+        let mut line = format!("{}: {}", self.path.display(), self.detail);
+        match &self.repair {
+            Some(Ok(done)) => line += &format!(": repaired ({done})"),
+            Some(Err(why)) => line += &format!(": NOT repaired ({why})"),
+            None => {}
+        }
+        line
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Block files left in the store.
+    pub blocks: u64,
+    /// Bytes they occupy on disk (`st_blocks * 512`).
+    pub bytes_stored: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn repaired(&self) -> usize {
+        self.findings.iter().filter(|f| f.repaired()).count()
+    }
+    pub fn remaining(&self) -> usize {
+        self.findings.len() - self.repaired()
+    }
+}
+
+pub struct Options {
+    pub repair: bool,
+    /// Draw a progress line on stderr (a terminal) for large stores.
+    pub progress: bool,
+}
+
+/// Runs `onefs fsck` and returns its exit code: prints each finding and a
+/// summary on stdout, errors as one line on stderr.
+pub fn command(store: &Path, repair: bool) -> i32 {
+    let options = Options { repair, progress: io::stderr().is_terminal() };
+    match check(store, &options) {
+        Ok(report) => {
+            let mut out = io::stdout().lock();
+            for finding in &report.findings {
+                let _ = writeln!(out, "{}", finding.line());
+            }
+            let _ = writeln!(
+                out,
+                "{}: {} blocks, {} bytes stored ({}), {} problems found, {} repaired",
+                store.display(),
+                report.blocks,
+                report.bytes_stored,
+                Approx(report.bytes_stored),
+                report.findings.len(),
+                report.repaired()
+            );
+            let _ = out.flush();
+            if report.remaining() == 0 { EXIT_CLEAN } else { EXIT_PROBLEMS }
+        }
+        Err(err) => {
+            eprintln!("onefs: error: {err:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// What one directory entry is.
+enum Entry {
+    /// `onefs.json` or `onefs.lock`.
+    Expected,
+    Block(u64, PathBuf),
+    Finding(Finding),
+}
+
+fn is_temporary(name: &str) -> bool {
+    name.len() > ".tmp".len() + 1 && name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Checks (and with `repair`, repairs) the store at `store`. An error means
+/// the store could not be checked at all (no store, damaged `onefs.json`,
+/// mounted, unreadable directory).
+pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
+    let meta = Meta::load(store)?;
+    let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.join(META_FILE).display()))?;
+    let _lock = StoreLock::try_acquire_for_fsck(store, options.repair)?;
+    let read_dir = fs::read_dir(store).map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
+    let mut blocks = Vec::new();
+    let mut findings = Vec::new();
+    for entry in read_dir {
+        let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
+        match classify(&geometry, &entry, options.repair) {
+            Entry::Expected => {}
+            Entry::Block(block, path) => blocks.push((block, path)),
+            Entry::Finding(f) => findings.push(f),
+        }
+    }
+    blocks.sort_unstable();
+
+    let progress = Progress::new(options.progress && blocks.len() >= PROGRESS_MIN_FILES, blocks.len());
+    let next = AtomicUsize::new(0);
+    let kept = AtomicU64::new(0);
+    let stored = AtomicU64::new(0);
+    let block_findings = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS.min(blocks.len()).max(1) {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((_, path)) = blocks.get(i) else { break };
+                    let outcome = check_block(&geometry, path, options.repair, &mut buf);
+                    if let Some(bytes) = outcome.stored {
+                        kept.fetch_add(1, Ordering::Relaxed);
+                        stored.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    if !outcome.findings.is_empty() {
+                        block_findings.lock().unwrap_or_else(|p| p.into_inner()).extend(outcome.findings);
+                    }
+                    progress.tick();
+                }
+            });
+        }
+    });
+    progress.finish();
+    findings.extend(block_findings.into_inner().unwrap_or_else(|p| p.into_inner()));
+    findings.sort_by(|a, b| a.path.cmp(&b.path));
+    if options.repair && findings.iter().any(|f| f.repaired()) {
+        File::open(store)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| anyhow::anyhow!("{}: cannot flush repairs: {e}", store.display()))?;
+    }
+    Ok(Report { blocks: kept.into_inner(), bytes_stored: stored.into_inner(), findings })
+}
+
+fn classify(geometry: &Geometry, entry: &fs::DirEntry, repair: bool) -> Entry {
+    let path = entry.path();
+    let name = entry.file_name();
+    let file_type = entry.file_type().ok();
+    let is_file = file_type.is_some_and(|t| t.is_file());
+    let finding = |problem, detail: String, repair| Entry::Finding(Finding { path: path.clone(), problem, detail, repair });
+    let Some(name) = name.to_str() else {
+        return finding(Problem::Stray, "stray file (name is not UTF-8; left alone)".into(), None);
+    };
+    if name == META_FILE || name == LOCK_FILE {
+        if is_file {
+            return Entry::Expected;
+        }
+        return finding(Problem::Stray, format!("{name} is not a regular file"), None);
+    }
+    if let Some(block) = geometry.parse_block_name(name) {
+        if is_file {
+            return Entry::Block(block, path);
+        }
+        return finding(Problem::Stray, "block name but not a regular file (left alone)".into(), None);
+    }
+    if name.starts_with(crate::core::geometry::BLOCK_PREFIX) {
+        return finding(
+            Problem::Stray,
+            format!(
+                "not a block of this image (names run {} to {}; left alone)",
+                geometry.block_name(0),
+                geometry.block_name(geometry.block_count() - 1)
+            ),
+            None,
+        );
+    }
+    if is_temporary(name) && is_file {
+        let repair = repair.then(|| match fs::remove_file(&path) {
+            Ok(()) => Ok("removed".to_string()),
+            Err(e) => Err(e.to_string()),
+        });
+        return finding(Problem::Temporary, "leftover temporary file".into(), repair);
+    }
+    finding(Problem::Stray, "stray file, not part of a store (left alone)".into(), None)
+}
+
+struct BlockOutcome {
+    /// Bytes on disk if the block file is still there.
+    stored: Option<u64>,
+    findings: Vec<Finding>,
+}
+
+fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -> BlockOutcome {
+    let unreadable = |e: io::Error| BlockOutcome {
+        stored: None,
+        findings: vec![Finding { path: path.to_path_buf(), problem: Problem::Unreadable, detail: format!("cannot check: {e}"), repair: None }],
+    };
+    let file = match fs::OpenOptions::new().read(true).write(repair).open(path) {
+        Ok(file) => file,
+        Err(e) => return unreadable(e),
+    };
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => return unreadable(e),
+    };
+    let block_size = geometry.block_size();
+    let len = meta.len();
+    let mut findings = Vec::new();
+    if len > block_size {
+        findings.push(Finding {
+            path: path.to_path_buf(),
+            problem: Problem::LongBlock,
+            detail: format!(
+                "block file is {len} bytes, longer than the block size {} (the excess is not part of disk.img)",
+                Size(block_size)
+            ),
+            repair: repair.then(|| Err("never done automatically: check it, then truncate it by hand".to_string())),
+        });
+        return BlockOutcome { stored: Some(meta.blocks() * 512), findings };
+    }
+    let zero = match all_zero(&file, len, buf) {
+        Ok(zero) => zero,
+        Err(e) => return unreadable(e),
+    };
+    if zero {
+        let repair = repair.then(|| match fs::remove_file(path) {
+            Ok(()) => Ok("removed".to_string()),
+            Err(e) => Err(e.to_string()),
+        });
+        let removed = matches!(repair, Some(Ok(_)));
+        findings.push(Finding {
+            path: path.to_path_buf(),
+            problem: Problem::ZeroBlock,
+            detail: "block holds only zeros (the same as no block file)".into(),
+            repair,
+        });
+        if removed {
+            return BlockOutcome { stored: None, findings };
+        }
+    } else if len < block_size {
+        let repair = repair.then(|| match file.set_len(block_size).and_then(|()| file.sync_all()) {
+            Ok(()) => Ok(format!("extended to {block_size} bytes, data kept")),
+            Err(e) => Err(e.to_string()),
+        });
+        findings.push(Finding {
+            path: path.to_path_buf(),
+            problem: Problem::ShortBlock,
+            detail: format!("short block file: {len} of {block_size} bytes (reads as zeros past its end)"),
+            repair,
+        });
+    }
+    let stored = file.metadata().map(|m| m.blocks() * 512).unwrap_or(meta.blocks() * 512);
+    BlockOutcome { stored: Some(stored), findings }
+}
+
+/// True if the first `len` bytes of `file` are all zero; reads only the data
+/// extents (SEEK_DATA/SEEK_HOLE), or everything where those are unsupported.
+fn all_zero(file: &File, len: u64, buf: &mut [u8]) -> io::Result<bool> {
+    let fd = file.as_raw_fd();
+    let mut pos = 0u64;
+    while pos < len {
+        // SAFETY: plain lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(true),
+                Some(libc::EINVAL) => scan_zero(file, pos, len, buf),
+                _ => Err(err),
+            };
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { len } else { (hole as u64).min(len) };
+        if !scan_zero(file, data as u64, hole, buf)? {
+            return Ok(false);
+        }
+        pos = hole.max(data as u64 + 1);
+    }
+    Ok(true)
+}
+
+fn scan_zero(file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool> {
+    while pos < end {
+        let want = buf.len().min((end - pos) as usize);
+        let got = match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if !is_zero(&buf[..got]) {
+            return Ok(false);
+        }
+        pos += got as u64;
+    }
+    Ok(true)
+}
+
+/// A `\r`-redrawn progress line on stderr.
+struct Progress {
+    enabled: bool,
+    total: usize,
+    done: AtomicUsize,
+    started: Instant,
+    last_draw: Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: usize) -> Self {
+        let now = Instant::now();
+        Self { enabled, total, done: AtomicUsize::new(0), started: now, last_draw: Mutex::new(now) }
+    }
+
+    fn tick(&self) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.enabled {
+            return;
+        }
+        let Ok(mut last) = self.last_draw.try_lock() else { return };
+        if last.elapsed() < Duration::from_millis(100) && done < self.total {
+            return;
+        }
+        *last = Instant::now();
+        self.draw(done);
+    }
+
+    fn draw(&self, done: usize) {
+        const WIDTH: usize = 30;
+        let filled = WIDTH * done / self.total.max(1);
+        let bar: String = "#".repeat(filled) + &"-".repeat(WIDTH - filled);
+        let _ = write!(
+            io::stderr().lock(),
+            "\rfsck [{bar}] {done}/{} blocks {:>3}% {:.0?}",
+            self.total,
+            100 * done / self.total.max(1),
+            self.started.elapsed()
+        );
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            self.draw(self.done.load(Ordering::Relaxed));
+            let _ = writeln!(io::stderr().lock());
+        }
+    }
+}
