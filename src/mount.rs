@@ -49,7 +49,18 @@ pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     }
     let path = path.canonicalize().with_context(|| format!("mountpoint {}", path.display()))?;
     if let Some(existing) = mountinfo::mount_at(&path) {
-        bail!("mountpoint {} is already a mount point ({} from {})", path.display(), existing.fstype, existing.source);
+        let mut by = String::new();
+        if existing.fstype == FUSE_TYPE
+            && let Some(holder) = crate::lock::holder(Path::new(&existing.source))
+        {
+            if let Some(pid) = holder.pid {
+                by += &format!(", served by onefs pid {pid}");
+            }
+            if let Some(unit) = holder.unit {
+                by += &format!(" of unit {unit}");
+            }
+        }
+        bail!("mountpoint {} is already a mount point ({} from {}{by})", path.display(), existing.fstype, existing.source);
     }
     Ok(path)
 }
