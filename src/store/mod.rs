@@ -8,6 +8,7 @@
 //! contract.
 
 pub mod dir;
+pub mod fault;
 pub mod memory;
 
 use std::io;
