@@ -53,6 +53,16 @@ impl Writer {
         self.acked.lock().unwrap().len()
     }
 
+    /// Waits until `n` records are acknowledged, however loaded the machine.
+    fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.acked_count() < n {
+            assert!(!self.thread.as_ref().unwrap().is_finished(), "writer failed before the crash");
+            assert!(Instant::now() < deadline, "writer acknowledged only {} records in 120 s", self.acked_count());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn finish(mut self) -> Vec<u64> {
         self.stop.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -116,7 +126,8 @@ fn kill_9_loses_no_acknowledged_write() {
         run("mkfs.ext4", &["-q", &dev.0]);
         let inner = DevMount::new(&dev.0, &ext);
         let writer = Writer::start(ext.join("log"));
-        random_pause(300, 700);
+        writer.wait_for(20);
+        random_pause(0, 500);
         kill9(onefs.pid());
         let acked = writer.finish();
         drop(inner);
@@ -160,7 +171,8 @@ fn power_cut_of_the_store_loses_no_acknowledged_write() {
         let inner = DevMount::new(&dev.0, &ext);
         run("sync", &[]);
         let writer = Writer::start(ext.join("log"));
-        random_pause(300, 700);
+        writer.wait_for(20);
+        random_pause(0, 500);
         // The power cut: nothing the store's filesystem had not made durable survives.
         let pid = onefs.pid();
         let before = writer.acked_count();
