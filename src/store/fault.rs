@@ -433,8 +433,8 @@ mod tests {
                 match step {
                     Step::Write { offset, data } => {
                         let n = image.write(*offset, data).unwrap();
-                        for i in 0..n {
-                            model.set(*offset as usize + i, data[i]);
+                        for (i, &value) in data[..n].iter().enumerate() {
+                            model.set(*offset as usize + i, value);
                         }
                     }
                     Step::Punch { offset, len } => {
