@@ -9,6 +9,7 @@
 //! Around them: [`meta`] (`onefs.json`), [`create`], [`mount`] (the life of
 //! a mount), [`lock`], [`cli`].
 
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod core;
