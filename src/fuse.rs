@@ -24,6 +24,36 @@ const TTL: Duration = Duration::from_secs(1);
 /// The largest write the kernel will send (it caps FUSE at 1 MiB anyway).
 pub const MAX_WRITE: u32 = 1 << 20;
 
+/// Gives the mount the readahead of the disk that holds the store (at
+/// least one full FUSE request), once the mount is live.
+///
+/// FUSE starts every mount at 128 KiB, while a loop device without
+/// `--direct-io` reads disk.img through the page cache one request at a
+/// time: readahead is its only read parallelism, and a loop over a plain
+/// file enjoys the disk's (often several MiB). Best effort: needs root.
+pub fn match_readahead(mountpoint: &Path, store: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    fn read_kb(path: &str) -> Option<u64> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+    let dev = |path: &Path| std::fs::metadata(path).ok().map(|m| (libc::major(m.dev()), libc::minor(m.dev())));
+    let Some((major, minor)) = dev(mountpoint) else { return };
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let Some(current) = read_kb(&knob) else { return };
+    // A partition has no queue of its own: its disk's is one level up.
+    let disk = dev(store).and_then(|(ma, mi)| {
+        read_kb(&format!("/sys/dev/block/{ma}:{mi}/queue/read_ahead_kb"))
+            .or_else(|| read_kb(&format!("/sys/dev/block/{ma}:{mi}/../queue/read_ahead_kb")))
+    });
+    let want = disk.unwrap_or(0).clamp(u64::from(MAX_WRITE) >> 10, 16 << 10);
+    if want > current {
+        match std::fs::write(&knob, want.to_string()) {
+            Ok(()) => log::debug!("readahead of {} raised to {want} KiB", mountpoint.display()),
+            Err(err) => log::debug!("cannot raise readahead of {}: {err}", mountpoint.display()),
+        }
+    }
+}
+
 /// Who owns disk.img and how it may be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {

@@ -210,6 +210,7 @@ impl Mounted {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        crate::fuse::match_readahead(&mounted.mountpoint, &mounted.store);
         log::info!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display());
         Ok(mounted)
     }
