@@ -304,7 +304,8 @@ fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -
             repair,
         });
     }
-    let stored = file.metadata().map(|m| m.blocks() * 512).unwrap_or(meta.blocks() * 512);
+    let changed = findings.iter().any(Finding::repaired);
+    let stored = if changed { file.metadata().map_or(meta.blocks(), |m| m.blocks()) } else { meta.blocks() } * 512;
     BlockOutcome { stored: Some(stored), findings }
 }
 
