@@ -69,12 +69,17 @@ fn clean_store_passes() {
     for (i, name) in ["blk-00001", "blk-00002", "blk-16384"].iter().enumerate() {
         good_block(&store, name, i as u64 + 1);
     }
+    // Data only in the last byte, after a hole: not an all-zero block.
+    let sparse = fs::File::create(store.join("blk-00009")).unwrap();
+    sparse.set_len(BS as u64).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"z", BS as u64 - 1).unwrap();
+    drop(sparse);
     let before = contents(&store);
     let (code, out, err) = fsck(&store, false);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.is_empty(), "{err}");
     assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(summary(&out).contains("3 blocks") && summary(&out).contains("0 problems found"), "{out}");
+    assert!(summary(&out).contains("4 blocks") && summary(&out).contains("0 problems found"), "{out}");
     assert_eq!(contents(&store), before);
     // --repair on a clean store changes nothing either.
     assert_eq!(fsck(&store, true).0, 0);
