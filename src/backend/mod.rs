@@ -7,11 +7,15 @@
 //! a backend maps them under its own bucket, prefix or folder.
 
 pub mod memory;
+pub mod rclone;
+pub mod s3;
 
 use std::io;
 use std::path::Path;
 
 pub use memory::MemBackend;
+pub use rclone::{RcloneBackend, RcloneConfig};
+pub use s3::{S3Backend, S3Config};
 
 pub trait ObjectBackend: Send + Sync {
     /// Where this backend points, for messages (`s3://bucket/prefix`).
