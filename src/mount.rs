@@ -160,7 +160,9 @@ impl Mounted {
         mark_io_flusher();
 
         let started = Instant::now();
-        let backend: Arc<dyn BlockStore> = Arc::new(DirStore::open(&store, geometry)?);
+        let dir_store = DirStore::open(&store, geometry)?;
+        dir_store.remove_temporaries()?;
+        let backend: Arc<dyn BlockStore> = Arc::new(dir_store);
         let image = Arc::new(Image::open(geometry, backend)?);
         log::info!(
             "opened {} ({} blocks stored of {}) in {:?}",

@@ -320,3 +320,37 @@ impl Drop for MemoryGroup {
         let _ = fs::remove_dir(&self.path);
     }
 }
+
+#[test]
+fn temporaries_left_by_a_crash_are_removed_on_mount() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "8M", "1M");
+    fs::write(store.join(".onefs.json.tmp"), b"half a description").unwrap();
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    assert!(!store.join(".onefs.json.tmp").exists());
+    assert!(store.join("onefs.json").exists());
+    onefs.unmount();
+}
+
+#[test]
+fn a_store_turned_read_only_under_a_live_mount_gives_errors_not_a_crash() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "64M", "1M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    pwrite(&onefs.disk(), 0, b"written before");
+    onefs.unmount();
+
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let pid = onefs.pid();
+    let ro = DevMount::bind_read_only(&store);
+    assert_eq!(pread(&onefs.disk(), 0, 14), b"written before", "reads keep working");
+    let f = fs::OpenOptions::new().write(true).open(onefs.disk()).unwrap();
+    let err = f.write_all_at(b"after", 10 * MIB).and_then(|()| f.sync_all()).expect_err("wrote into a read-only store");
+    assert!(matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::EIO)), "{err}");
+    drop(f);
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "daemon died");
+    onefs.unmount();
+    drop(ro);
+}

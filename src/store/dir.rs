@@ -75,6 +75,27 @@ impl DirStore {
         })
     }
 
+    /// Removes temporary files (`.NAME.tmp`) a crash may have left, so a
+    /// store holds only its description, lock and block files. Only called
+    /// when a mount takes the store, under its lock: nothing else is running.
+    pub fn remove_temporaries(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.root).map_err(|e| at(&self.root, e))? {
+            let entry = entry.map_err(|e| at(&self.root, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                fs::remove_file(entry.path()).map_err(|e| at(&entry.path(), e))?;
+                log::warn!("{}: removed a temporary file left by a crash", entry.path().display());
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.dir.sync_all().map_err(|e| at(&self.root, e))?;
+        }
+        Ok(removed)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -106,6 +127,15 @@ impl DirStore {
                 // O_NOATIME is refused for files we do not own; retry without.
                 if e.raw_os_error() == Some(libc::EPERM) {
                     OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(&path)
+                } else {
+                    Err(e)
+                }
+            })
+            .or_else(|e| {
+                // A store that turned read-only still serves reads; writes
+                // through this descriptor then fail with EBADF, as they should.
+                if !create && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) {
+                    File::open(&path)
                 } else {
                     Err(e)
                 }

@@ -163,6 +163,15 @@ impl DevMount {
         run("umount", &[self.0.to_str().unwrap()]);
         std::mem::forget(self);
     }
+
+    /// Makes `dir` read-only in place (a read-only bind mount over itself).
+    pub fn bind_read_only(dir: &Path) -> Self {
+        let d = dir.to_str().unwrap();
+        run("mount", &["--bind", d, d]);
+        let guard = DevMount(dir.to_path_buf());
+        run("mount", &["-o", "remount,bind,ro", d]);
+        guard
+    }
 }
 
 impl Drop for DevMount {
