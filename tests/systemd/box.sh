@@ -3,7 +3,9 @@
 # cached debootstrap'ed Debian tree, and run commands in it. The onefs
 # system tests (tests/service_systemd.rs -> tests/systemd/run.sh) use it.
 #
-#   box.sh setup            debootstrap the cached tree if missing (flock'ed, idempotent)
+#   box.sh setup [PKG...]   debootstrap the cached tree if missing (flock'ed, idempotent);
+#                           PKGs (e.g. fuse3 man-db for the package test) are apt-get
+#                           installed into the cached tree once, if missing
 #   box.sh start NAME ARGS  boot container NAME (extra systemd-nspawn ARGS, e.g. --bind-ro=)
 #   box.sh exec NAME CMD..  run CMD inside (nsenter into all its namespaces, clean env)
 #   box.sh stop NAME        power off, kill if needed, remove host-side leftovers
@@ -113,7 +115,29 @@ setup() {
     if [ "$(cat "$ROOTFS/.onefs-provisioned" 2>/dev/null)" != "$PROVISION_VERSION" ]; then
         provision
     fi
+    local p missing=()
+    for p in "$@"; do
+        dpkg-query --admindir="$ROOTFS/var/lib/dpkg" -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
+            || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        add_packages "${missing[@]}"
+    fi
     exec 9>&-
+}
+
+# Installs packages into the cached tree (setup holds the lock): apt-get in a
+# plain (not booted) systemd-nspawn, then the apt lists and archives are dropped.
+add_packages() {
+    local t0=$SECONDS extra=()
+    [ -d /run/systemd/system ] || extra=(--register=no --keep-unit)
+    log "installing $* into $ROOTFS (once)"
+    systemd-nspawn -q -D "$ROOTFS" "${extra[@]}" --pipe -E DEBIAN_FRONTEND=noninteractive \
+        sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"; rc=$?
+               apt-get clean; rm -rf /var/lib/apt/lists/*; exit $rc' _ "$@" \
+        > "$STATE_ROOT/add-packages.log" 2>&1 \
+        || { tail -20 "$STATE_ROOT/add-packages.log" >&2; die "installing $* into the tree failed"; }
+    log "installing $* took $((SECONDS - t0))s"
 }
 
 state() { echo "$STATE_ROOT/$1"; }
@@ -215,9 +239,9 @@ stop() {
 
 cmd=${1:-}; [ $# -gt 0 ] && shift
 case "$cmd" in
-    setup) setup ;;
+    setup) setup "$@" ;;
     start) [ $# -ge 1 ] || die "usage: $0 start NAME [nspawn args]"; start "$@" ;;
     exec)  [ $# -ge 2 ] || die "usage: $0 exec NAME CMD..."; in_box "$@" ;;
     stop)  [ $# -ge 1 ] || die "usage: $0 stop NAME"; stop "$1" ;;
-    *) die "usage: $0 setup|start NAME [args]|exec NAME CMD...|stop NAME" ;;
+    *) die "usage: $0 setup [PKG...]|start NAME [args]|exec NAME CMD...|stop NAME" ;;
 esac
