@@ -1,6 +1,6 @@
 # Shell functions shared by the .deb maintainer scripts and the .rpm
-# scriptlets (packaging/build inlines this file where a script says
-# @SCRIPTLETS@). POSIX sh; every systemd call is skipped when systemd is not
+# scriptlets (packaging/build inlines this file at the marker line of
+# each script). POSIX sh; every systemd call is skipped when systemd is not
 # running (a chroot, a container build, another init).
 
 onefs_systemd_running() { [ -d /run/systemd/system ]; }
