@@ -16,6 +16,7 @@ wait_for() {  # wait_for SECONDS CMD...
     until "$@"; do t=$((t - 1)); [ $t -gt 0 ] || return 1; sleep 0.1; done
 }
 is_onefs_mount() { findmnt -n -t fuse.onefs "$1" >/dev/null; }
+no_onefs_process() { local p; for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" != onefs ] || return 1; done; }
 reloads() { journalctl -b -o cat _PID=1 | grep -c '^Reloading' || true; }
 store_sum() { (cd /var/lib/onefs/data && find . -type f ! -name onefs.lock -print0 | sort -z | xargs -0 md5sum); }
 
@@ -67,6 +68,7 @@ is_onefs_mount /srv/onefs/data || fail "mount -a did not mount"
 cmp <(dd if=/srv/onefs/data/disk.img bs=1M skip=3 count=6 status=none) /tmp/data || fail "data read back differs"
 umount /srv/onefs/data
 wait_for 30 bash -c '! findmnt -n /srv/onefs/data >/dev/null' || fail "umount"
+wait_for 30 no_onefs_process || fail "onefs from mount -a did not exit after umount"
 sed -i '/fuse.onefs/d' /etc/fstab
 systemctl daemon-reload
 
@@ -85,7 +87,7 @@ grep -q "stopping onefs@data.service" /tmp/dpkg-r.log || { cat /tmp/dpkg-r.log; 
 sed 's/^/   /' /tmp/dpkg-r.log
 [ "$(systemctl is-active onefs@data || true)" != active ] || fail "onefs@data still active"
 ! is_onefs_mount /srv/onefs/data || fail "still mounted after dpkg -r"
-for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" != onefs ] || fail "onefs process ${p#/proc/} left"; done
+no_onefs_process || fail "an onefs process is left after dpkg -r"
 for f in "${files[@]}"; do [ ! -e "$f" ] && [ ! -L "$f" ] || fail "$f left after dpkg -r"; done
 [ "$(reloads)" -gt "$r0" ] || fail "postrm did not run systemctl daemon-reload"
 [ "$(systemctl show -P LoadState onefs@data.service)" = not-found ] || fail "systemd still knows onefs@.service"
