@@ -176,3 +176,25 @@ fn a_slow_webdav_remote_is_throttled_but_correct() {
     }
     assert_eq!(b.list("").unwrap(), ["d0000/blk-000001"]);
 }
+
+#[test]
+fn the_remote_lock_works_over_rclone() {
+    use onefs::backend::RemoteLock;
+    use onefs::backend::lock::{LockTiming, read_lock};
+    use std::sync::Arc;
+    let dir = scratch("rclone-lock");
+    let mut c = config(&dir.path().join("remote").display().to_string());
+    c.rclone_config = Some(empty_conf(dir.path()));
+    let host_a: Arc<dyn ObjectBackend> = Arc::new(RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}")));
+    let host_b: Arc<dyn ObjectBackend> = Arc::new(RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}")));
+    let timing = LockTiming { stale: Duration::from_secs(3), heartbeat: Duration::from_millis(200), settle: Duration::from_millis(100) };
+    let a = RemoteLock::acquire_with(host_a.clone(), Path::new("/srv/a"), timing).unwrap();
+    let err = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).err().unwrap().to_string();
+    assert!(err.contains("is mounted by") && err.contains("at /srv/a"), "{err}");
+    assert_eq!(RemoteLock::break_lock(&*host_b).unwrap().map(|i| i.mountpoint).as_deref(), Some("/srv/a"));
+    let b = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.lost()));
+    drop(a);
+    b.release().unwrap();
+    assert_eq!(read_lock(&*host_a).unwrap(), None);
+}

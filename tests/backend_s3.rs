@@ -130,3 +130,31 @@ fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
     assert!(text.contains(&garage.endpoint) && text.contains("GET outage/d0000/blk-000001") && text.contains("gave up after 3 attempts"), "{text}");
     assert_eq!(onefs::errors::errno(&err), libc::EIO, "a backend that stays down is EIO");
 }
+
+#[test]
+fn the_remote_lock_admits_one_mount_and_can_be_broken() {
+    use onefs::backend::RemoteLock;
+    use onefs::backend::lock::{LockTiming, read_lock};
+    use std::path::Path;
+    use std::sync::Arc;
+    let garage = Garage::start();
+    let timing = LockTiming { stale: Duration::from_secs(3), heartbeat: Duration::from_millis(200), settle: Duration::from_millis(100) };
+    // Two hosts: two clients on the same bucket and prefix.
+    let host_a: Arc<dyn ObjectBackend> = Arc::new(garage.backend("locked"));
+    let host_b: Arc<dyn ObjectBackend> = Arc::new(garage.backend("locked"));
+    let a = RemoteLock::acquire_with(host_a.clone(), Path::new("/srv/a"), timing).unwrap();
+    let err = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).err().unwrap().to_string();
+    assert!(err.contains(&format!("s3://{}/locked/ is mounted by", garage.bucket)) && err.contains("at /srv/a"), "{err}");
+    // Heartbeats keep it fresh past the stale time.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).is_err());
+
+    let broken = RemoteLock::break_lock(&*host_b).unwrap().expect("a lock to break");
+    assert_eq!(broken.mountpoint, "/srv/a");
+    let b = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).unwrap();
+    assert!(remote::wait_until(Duration::from_secs(5), || a.lost()), "host a notices it lost the lock");
+    drop(a);
+    assert_eq!(read_lock(&*host_a).unwrap().unwrap().mountpoint, "/srv/b", "a's release leaves b's lock alone");
+    b.release().unwrap();
+    assert_eq!(read_lock(&*host_a).unwrap(), None);
+}
