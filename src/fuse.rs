@@ -154,6 +154,9 @@ impl Filesystem for OnefsFs {
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        // The kernel would otherwise ask for security.capability before every
+        // buffered write (to drop privileges); disk.img never has suid bits.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
