@@ -457,7 +457,8 @@ fn read_response(r: &mut impl BufRead) -> io::Result<(u16, Vec<u8>)> {
 
 /// Keeps one `rclone rcd` running until the backend stops.
 fn supervise(mut cmd: Command, socket: PathBuf, remote: String, shared: Arc<Shared>) {
-    let mut pause = Duration::from_millis(100);
+    // The first restart is immediate; one that keeps dying waits longer each time.
+    let mut pause = Duration::ZERO;
     loop {
         if shared.state().stopping {
             return;
@@ -517,7 +518,7 @@ fn supervise(mut cmd: Command, socket: PathBuf, remote: String, shared: Arc<Shar
         let status = exited.map(|s| s.to_string()).unwrap_or_else(|| "unknown status".into());
         let why = format!("{status}: {}", shared.last_log());
         if started.elapsed() > Duration::from_secs(10) {
-            pause = Duration::from_millis(100);
+            pause = Duration::ZERO;
         }
         if fail_or_pause(&shared, &remote, why, &mut pause) {
             return;
@@ -541,7 +542,7 @@ fn fail_or_pause(shared: &Shared, remote: &str, why: String, pause: &mut Duratio
     log::warn!("rclone {remote}: rclone rcd exited ({why}); restarting in {} ms", pause.as_millis());
     let state = shared.state();
     let _ = shared.changed.wait_timeout(state, *pause);
-    *pause = (*pause * 2).min(Duration::from_secs(5));
+    *pause = (*pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
     false
 }
 
