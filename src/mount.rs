@@ -4,10 +4,8 @@
 use crate::fuse::OnefsFs;
 use crate::image::Image;
 use crate::lock::StoreLock;
-use crate::meta::Meta;
 use crate::mountinfo;
 use crate::options::MountOptions;
-use crate::store::{BlockStore, DirStore};
 use anyhow::{Context, bail};
 use fuser::{MountOption, SessionACL};
 use nix::mount::{MntFlags, umount2};
@@ -25,6 +23,9 @@ pub struct MountSpec {
     pub store: PathBuf,
     pub mountpoint: PathBuf,
     pub options: MountOptions,
+    /// Blocks in an object backend behind a local cache (`store` is then the
+    /// cache directory); `None` for a plain store directory.
+    pub remote: Option<crate::config::RemoteDef>,
 }
 
 /// Called once the mount is live (and with the error if it never gets there).
@@ -37,11 +38,10 @@ pub trait Readiness {
 /// is not already a mount point. A dead FUSE mount left by a killed daemon
 /// (ENOTCONN) is cleared.
 pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    if clear_dead_mount(path)? {
+        log::warn!("{}: cleared a dead mount left by a crashed daemon", path.display());
+    }
     match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!("{}: clearing a dead mount left by a crashed daemon", path.display());
-            umount2(path, MntFlags::MNT_DETACH).with_context(|| format!("{}: cannot clear dead mount", path.display()))?;
-        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("mountpoint {} does not exist", path.display()),
         Err(e) => bail!("mountpoint {}: {e}", path.display()),
         Ok(meta) if !meta.is_dir() => bail!("mountpoint {} is not a directory", path.display()),
@@ -143,6 +143,7 @@ pub struct Mounted {
     image: Arc<Image>,
     session: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     detached: bool,
+    stack: crate::compose::Stack,
     _lock: StoreLock,
 }
 
@@ -151,22 +152,31 @@ impl Mounted {
     /// mountinfo and answering statfs with the FUSE magic). `on_end` runs on
     /// a background thread when the FUSE session has ended.
     pub fn start(spec: &MountSpec, on_end: Box<dyn FnOnce() + Send>) -> anyhow::Result<Self> {
+        if spec.remote.is_some() {
+            // The cache directory of a remote store is made on first use.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&spec.store)
+                .map_err(|e| anyhow::anyhow!("cache directory {}: {e}", spec.store.display()))?;
+        }
         let store = spec.store.canonicalize().map_err(|e| anyhow::anyhow!("store {}: {e}", spec.store.display()))?;
-        let meta = Meta::load(&store)?;
-        let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
+        let backing = crate::compose::Backing::new(&store, spec.remote.as_ref())?;
+        let meta = backing.meta()?;
+        let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", backing.describe()))?;
         let mountpoint = prepare_mountpoint(&spec.mountpoint)?;
         let lock = StoreLock::acquire(&store, &mountpoint)?;
         raise_fd_limit();
         mark_io_flusher();
 
         let started = Instant::now();
-        let dir_store = DirStore::open(&store, geometry)?;
-        dir_store.remove_temporaries()?;
-        let backend: Arc<dyn BlockStore> = Arc::new(dir_store);
-        let image = Arc::new(Image::open(geometry, backend)?);
+        let described = backing.describe();
+        let stack = backing.open(&meta, &mountpoint)?;
+        let image = Arc::new(Image::open(geometry, stack.store.clone())?);
         log::info!(
             "opened {} ({} blocks stored of {}) in {:?}",
-            store.display(),
+            described,
             image.stored_blocks(),
             geometry.block_count(),
             started.elapsed()
@@ -202,7 +212,7 @@ impl Mounted {
                 result
             })
             .context("cannot start the session thread")?;
-        let mut mounted = Mounted { store, mountpoint, image, session: Some(session), detached: false, _lock: lock };
+        let mut mounted = Mounted { store, mountpoint, image, session: Some(session), detached: false, stack, _lock: lock };
 
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_live(&mounted.mountpoint, &mounted.store) {
@@ -278,9 +288,11 @@ impl Mounted {
         // destroy() flushed already when the kernel said goodbye; flush again
         // in case the session ended without it, and report the outcome.
         let flushed = self.image.sync();
+        let closed = self.stack.close();
         log::info!("unmounted {} from {}", self.store.display(), self.mountpoint.display());
         result.context("FUSE session failed")?;
         flushed.context("final flush failed")?;
+        closed?;
         Ok(())
     }
 }
