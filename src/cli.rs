@@ -32,7 +32,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Commands {
-    /// Create a new image in an empty (or absent) store directory
+    /// Create a new image in an empty (or absent) store directory, or in the
+    /// empty backend of a definition
     Create {
         /// Size of disk.img, with a binary suffix K, M, G, T or P (e.g. 1T)
         #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
@@ -40,8 +41,19 @@ pub enum Commands {
         /// Size of one block file: a power of two from 4K to 1G (e.g. 4M)
         #[arg(long, value_name = "SIZE", default_value = "4M", allow_hyphen_values = true)]
         block_size: String,
+        /// Create the image of definition CONFIG_DIR/NAME.toml: in its store
+        /// directory, or in its [backend] (which must hold nothing yet)
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["store", "config"])]
+        definition: Option<String>,
+        /// Like --definition, with this definition file
+        #[arg(long, value_name = "FILE", conflicts_with = "store")]
+        config: Option<PathBuf>,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
         /// The store directory; must be empty or not exist yet
-        store: PathBuf,
+        #[arg(required_unless_present_any = ["definition", "config"])]
+        store: Option<PathBuf>,
     },
     /// Mount a store's disk.img at MOUNTPOINT; returns once the mount is live
     Mount {
@@ -54,6 +66,10 @@ pub enum Commands {
         /// Report readiness on this file descriptor (used by the detaching parent)
         #[arg(long, hide = true, value_name = "FD")]
         ready_fd: Option<i32>,
+        /// Serve the [backend] of this definition file, STORE being its cache
+        /// directory (used by mount.onefs for remote definitions)
+        #[arg(long, hide = true, value_name = "FILE")]
+        definition_file: Option<PathBuf>,
         /// The store directory written by `onefs create`
         store: PathBuf,
         /// An existing empty directory where disk.img appears
@@ -106,6 +122,19 @@ pub enum Commands {
         name: Option<String>,
         /// Use this definition file instead of CONFIG_DIR/NAME.toml
         #[arg(long, value_name = "FILE", conflicts_with = "name")]
+        config: Option<PathBuf>,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
+    /// Remove the lock object of a remote store whose holder is gone (its
+    /// host died); never while that host may still be mounted
+    BreakLock {
+        /// The definition whose [backend] to unlock
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        name: Option<String>,
+        /// Use this definition file instead of CONFIG_DIR/NAME.toml
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Where definitions live
         #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
@@ -249,15 +278,29 @@ fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCod
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Commands::Create { size, block_size, store } => {
+        Commands::Create { size, block_size, definition, config: file, config_dir, store } => {
             let size = parse_size(&size).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
             let block_size = parse_size(&block_size).map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
             crate::core::Geometry::new(size, block_size)
                 .map_err(|e| anyhow::anyhow!("--{}: {e}", e.field().replace('_', "-")))?;
-            let meta = crate::create::create(&store, size, block_size)?;
+            let def = match (definition, file) {
+                (_, Some(file)) => Some(config::Definition::load(&file, None)?),
+                (Some(name), None) => Some(config::Definition::load_named(&config_dir, &name)?),
+                (None, None) => None,
+            };
+            let (place, meta) = match (def, store) {
+                (Some(def), _) if def.remote.is_some() => {
+                    let remote = def.remote.as_ref().map(|r| &r.backend).context("internal error: no backend")?;
+                    let backend = crate::compose::open_backend(remote)?;
+                    (backend.describe(), crate::compose::create_remote(&*backend, size, block_size)?)
+                }
+                (Some(def), _) => (def.store.display().to_string(), crate::create::create(&def.store, size, block_size)?),
+                (None, Some(store)) => (store.display().to_string(), crate::create::create(&store, size, block_size)?),
+                (None, None) => bail!("give a STORE directory, --definition NAME or --config FILE"),
+            };
             println!(
                 "created {} (id {}): disk.img of {} ({}) in {} blocks of {}",
-                store.display(),
+                place,
                 meta.id,
                 Size(meta.size),
                 Approx(meta.size),
@@ -269,9 +312,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Run { .. } | Commands::Daemon { .. } | Commands::Reload { .. } | Commands::Status { .. } | Commands::Cleanup { .. } => {
             bail!("internal error: service commands are handled by service_command")
         }
-        Commands::Mount { foreground, options, ready_fd, store, mountpoint } => {
+        Commands::Mount { foreground, options, ready_fd, definition_file, store, mountpoint } => {
             let options = MountOptions::parse(&options).map_err(|e| anyhow::anyhow!("-o: {e}"))?;
-            let spec = MountSpec { store: store.clone(), mountpoint: mountpoint.clone(), options };
+            let remote = match &definition_file {
+                Some(file) => config::Definition::load(file, None)?.remote,
+                None => None,
+            };
+            let spec = MountSpec { store: store.clone(), mountpoint: mountpoint.clone(), options, remote };
             match (foreground, ready_fd) {
                 (_, Some(fd)) => {
                     // SAFETY: the parent handed us this descriptor for our sole use.
@@ -279,8 +326,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     mount::serve(&spec, &mut ReadyPipe(Some(pipe)))
                 }
                 (true, None) => mount::serve(&spec, &mut Foreground),
-                (false, None) => mount_detached(&cli.log_level, &options_text(&spec), &store, &mountpoint),
+                (false, None) => mount_detached(&cli.log_level, &options_text(&spec), &store, &mountpoint, definition_file.as_deref()),
             }
+        }
+        Commands::BreakLock { name, config: file, config_dir } => {
+            let def = match (name, file) {
+                (_, Some(file)) => config::Definition::load(&file, None)?,
+                (Some(name), None) => config::Definition::load_named(&config_dir, &name)?,
+                (None, None) => bail!("give a definition NAME or --config FILE"),
+            };
+            let Some(remote) = &def.remote else {
+                bail!("{}: has no [backend]; a store directory's lock is released by the kernel when its onefs exits", def.name);
+            };
+            if let Some(holder) = crate::lock::holder(&def.store) {
+                bail!(
+                    "{}: onefs pid {} on this host is serving it; unmount it instead of breaking its lock",
+                    def.name,
+                    holder.pid.map(|p| p.to_string()).unwrap_or_default()
+                );
+            }
+            println!("{}", crate::compose::break_lock(&remote.backend)?);
+            Ok(())
         }
         Commands::Fsck { repair, store } => std::process::exit(crate::fsck::command(&store, repair)),
     }
@@ -305,13 +371,23 @@ pub(crate) fn options_text(spec: &MountSpec) -> String {
 
 /// Starts a detached `onefs mount --foreground` and waits until it reports
 /// that the mount is live, or why it is not.
-pub(crate) fn mount_detached(log_level: &str, options: &str, store: &PathBuf, mountpoint: &PathBuf) -> anyhow::Result<()> {
+pub(crate) fn mount_detached(
+    log_level: &str,
+    options: &str,
+    store: &PathBuf,
+    mountpoint: &PathBuf,
+    definition_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     const READY_FD: i32 = 3;
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create pipe")?;
     let exe = std::env::current_exe().context("cannot find the onefs executable")?;
     let mut command = Command::new(exe);
     command
-        .args(["--log-level", log_level, "mount", "--foreground", "--ready-fd", "3", "-o", options])
+        .args(["--log-level", log_level, "mount", "--foreground", "--ready-fd", "3", "-o", options]);
+    if let Some(file) = definition_file {
+        command.arg("--definition-file").arg(file);
+    }
+    command
         .arg(store)
         .arg(mountpoint)
         .stdin(Stdio::null())

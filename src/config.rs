@@ -50,6 +50,34 @@ pub struct Definition {
     pub options: MountOptions,
     pub create: Option<CreateSpec>,
     pub log_level: Option<LevelFilter>,
+    /// `[backend]` and `[cache]`: blocks live in an object backend behind a
+    /// local cache, and `store` is the cache directory.
+    pub remote: Option<RemoteDef>,
+}
+
+/// Where the blocks of a `[backend]` definition live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendDef {
+    /// Objects as files under a local (or NFS) directory.
+    Dir { path: PathBuf },
+    S3(crate::backend::S3Config),
+    Rclone(crate::backend::RcloneConfig),
+}
+
+impl BackendDef {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendDef::Dir { .. } => "dir",
+            BackendDef::S3(_) => "s3",
+            BackendDef::Rclone(_) => "rclone",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDef {
+    pub backend: BackendDef,
+    pub cache: crate::store::cache::CacheConfig,
 }
 
 /// One line: the file, the line and (where there is one) the key at fault.
@@ -196,8 +224,96 @@ impl<'a, 't> Table<'a, 't> {
     }
 }
 
-const TOP_KEYS: &str = "store, mountpoint, read_only, allow_other, uid, gid, mode, threads, log_level, [create]";
+const TOP_KEYS: &str = "store, mountpoint, read_only, allow_other, uid, gid, mode, threads, log_level, [create], [backend], [cache]";
 const CREATE_KEYS: &str = "size, block_size";
+const CACHE_KEYS: &str = "dir, size, durability, upload_workers, upload_delay, retry_timeout";
+const BACKEND_TYPES: &str = "\"dir\", \"s3\", \"rclone\"";
+
+/// The `[backend]` table of an `s3` or `rclone` definition, read by serde
+/// with the backend's own (strict) config struct.
+#[derive(serde::Deserialize)]
+struct BackendOnly {
+    backend: TaggedBackend,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum TaggedBackend {
+    S3(crate::backend::S3Config),
+    Rclone(crate::backend::RcloneConfig),
+}
+
+impl<'a, 't> Table<'a, 't> {
+    fn duration(&mut self, key: &'static str, default: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
+        match self.string(key)? {
+            None => Ok(default),
+            Some((text, span)) => humantime::parse_duration(&text)
+                .map_err(|e| self.error(span, key, format!("{text:?} is not a duration such as \"2s\" or \"500ms\": {e}"))),
+        }
+    }
+}
+
+/// `[backend]` and `[cache]`, when `[backend]` is given.
+fn parse_remote(top: &mut Table<'_, '_>, text: &str, file: &Path) -> Result<Option<RemoteDef>, ConfigError> {
+    use crate::store::cache::{CacheConfig, Durability};
+    let backend_table = top.sub_table("backend")?;
+    let cache_table = top.sub_table("cache")?;
+    let Some((table, line)) = backend_table else {
+        if let Some((_, line)) = cache_table {
+            return Err(ConfigError(format!("{}:{line}: [cache] needs a [backend] (a plain `store` directory is not cached)", file.display())));
+        }
+        return Ok(None);
+    };
+    let mut b = Table { file, text, prefix: "backend.", line, table, taken: vec![] };
+    let (kind, kind_span) = b.string("type")?.ok_or_else(|| b.missing("type"))?;
+    let backend = match kind.as_str() {
+        "dir" => {
+            let path = b.path("path")?;
+            b.finish("type, path")?;
+            BackendDef::Dir { path }
+        }
+        "s3" | "rclone" => {
+            let parsed: BackendOnly = toml::from_str(text).map_err(|e| {
+                let at = e.span().map(|s| line_of(text, s.start)).unwrap_or(line);
+                ConfigError(format!("{}:{at}: [backend] type {kind:?}: {}", file.display(), e.message().trim().replace('\n', " ")))
+            })?;
+            match parsed.backend {
+                TaggedBackend::S3(c) => BackendDef::S3(c),
+                TaggedBackend::Rclone(c) => BackendDef::Rclone(c),
+            }
+        }
+        other => return Err(b.error(kind_span, "type", format!("{other:?} is not one of {BACKEND_TYPES}"))),
+    };
+    let Some((table, line)) = cache_table else {
+        return Err(ConfigError(format!("{}:{line}: [backend] needs a [cache] with at least `dir`", file.display())));
+    };
+    let mut c = Table { file, text, prefix: "cache.", line, table, taken: vec![] };
+    let dir = c.path("dir")?;
+    let mut cache = CacheConfig::new(&dir);
+    if let Some((size_text, span)) = c.string("size")? {
+        cache.size = parse_size(&size_text).map_err(|e| c.error(span.clone(), "size", e))?;
+        if cache.size == 0 {
+            return Err(c.error(span, "size", "must be more than zero"));
+        }
+    }
+    if let Some((d, span)) = c.string("durability")? {
+        cache.durability = match d.as_str() {
+            "local" => Durability::Local,
+            "remote" => Durability::Remote,
+            other => return Err(c.error(span, "durability", format!("{other:?} is not one of \"local\", \"remote\""))),
+        };
+    }
+    if let Some((n, span)) = c.integer("upload_workers")? {
+        if !(1..=64).contains(&n) {
+            return Err(c.error(span, "upload_workers", format!("{n} is not between 1 and 64")));
+        }
+        cache.upload_workers = n as usize;
+    }
+    cache.upload_delay = c.duration("upload_delay", CacheConfig::DEFAULT_DELAY)?;
+    cache.retry_timeout = c.duration("retry_timeout", CacheConfig::DEFAULT_RETRY)?;
+    c.finish(CACHE_KEYS)?;
+    Ok(Some(RemoteDef { backend, cache }))
+}
 
 impl Definition {
     /// Parses the text of a definition; `file` and `name` only name it.
@@ -208,7 +324,16 @@ impl Definition {
             ConfigError(format!("{}:{line}: {}", file.display(), e.message().trim().replace('\n', " ")))
         })?;
         let mut top = Table { file, text, prefix: "", line: 1, table: doc.get_ref(), taken: vec![], };
-        let store = top.path("store")?;
+        let remote = parse_remote(&mut top, text, file)?;
+        let store = match &remote {
+            None => top.path("store")?,
+            Some(remote) => {
+                if let Some((_, span)) = top.string("store")? {
+                    return Err(top.error(span, "store", "not with [backend]: blocks go to the backend, cached in [cache] dir"));
+                }
+                remote.cache.dir.clone()
+            }
+        };
         let mountpoint = top.path("mountpoint")?;
 
         // Mount options go through the same parser as `-o`.
@@ -264,7 +389,7 @@ impl Definition {
             }
         };
         top.finish(TOP_KEYS)?;
-        Ok(Self { name: name.to_string(), file: file.to_path_buf(), store, mountpoint, options, create, log_level })
+        Ok(Self { name: name.to_string(), file: file.to_path_buf(), store, mountpoint, options, create, log_level, remote })
     }
 
     /// Reads a definition file; its name is the file's stem unless given.
@@ -282,7 +407,12 @@ impl Definition {
     }
 
     pub fn spec(&self) -> MountSpec {
-        MountSpec { store: self.store.clone(), mountpoint: self.mountpoint.clone(), options: self.options.clone() }
+        MountSpec {
+            store: self.store.clone(),
+            mountpoint: self.mountpoint.clone(),
+            options: self.options.clone(),
+            remote: self.remote.clone(),
+        }
     }
 
     /// Whether a running mount of `old` can take this definition without a
@@ -291,6 +421,9 @@ impl Definition {
         let mut changes = vec![];
         if self.store != old.store {
             changes.push("store");
+        }
+        if self.remote != old.remote {
+            changes.push("backend or cache");
         }
         if self.mountpoint != old.mountpoint {
             changes.push("mountpoint");
@@ -305,6 +438,9 @@ impl Definition {
     /// absent. Returns whether it created one.
     pub fn create_if_empty(&self) -> anyhow::Result<bool> {
         let Some(create) = self.create else { return Ok(false) };
+        if let Some(remote) = &self.remote {
+            return crate::compose::create_if_empty(&remote.backend, create.size, create.block_size, &self.name);
+        }
         let empty = match std::fs::read_dir(&self.store) {
             Ok(mut entries) => entries.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod compose;
 pub mod config;
 pub mod core;
 pub mod create;

@@ -26,6 +26,9 @@ pub struct Entry {
     pub bytes_stored: Option<u64>,
     /// Why the image could not be described (unreadable store, …).
     pub error: Option<String>,
+    /// For a store in an object backend: the live numbers of its cache
+    /// (while mounted), from the cache directory's `status.json`.
+    pub cache: Option<crate::store::cache::CacheStats>,
 }
 
 /// Counts the block files of a store and the space they take.
@@ -61,10 +64,19 @@ fn describe(name: Option<String>, store: PathBuf, mountpoint: Option<PathBuf>, s
         blocks_stored: None,
         bytes_stored: None,
         error: None,
+        cache: None,
     };
     if let Some(holder) = crate::lock::holder(&entry.store) {
         entry.pid = holder.pid;
         entry.unit = holder.unit;
+    }
+    if let Some(meta) = crate::store::cache::cached_meta(&entry.store) {
+        // A cache directory: the blocks are in the backend.
+        entry.size = Some(meta.size);
+        entry.block_size = Some(meta.block_size);
+        entry.block_count = Some(meta.block_count);
+        entry.cache = crate::store::cache::read_stats(&entry.store);
+        return entry;
     }
     match crate::meta::Meta::load(&entry.store) {
         Ok(meta) => {
@@ -151,6 +163,23 @@ pub fn render_text(entries: &[Entry]) -> String {
                 Size(bs),
                 Approx(bytes)
             );
+        }
+        if let (Some(c), Some(size), Some(bs)) = (&e.cache, e.size, e.block_size) {
+            out += &format!("  disk.img {} in blocks of {}, in {} ({} durability)\n", Size(size), Size(bs), c.backend, c.durability);
+            let rate = c.hit_rate().map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| "-".into());
+            out += &format!(
+                "  cache: {} of {} ({} blocks), hit rate {rate}, {} dirty blocks, upload queue {} (+{} uploading), {} uploaded\n",
+                Approx(c.cached_bytes),
+                Approx(c.size_limit),
+                c.cached_blocks,
+                c.dirty_blocks,
+                c.upload_queue,
+                c.uploading,
+                Approx(c.uploaded_bytes)
+            );
+            if let Some(secs) = c.failing_for {
+                out += &format!("  backend failing for {secs}s ({} errors); dirty blocks stay in the cache\n", c.backend_errors);
+            }
         }
         if let Some(err) = &e.error {
             out += &format!("  error: {err}\n");

@@ -6,6 +6,7 @@
 //! Keys are `/`-separated relative names (`onefs.json`, `d0000/blk-000001`);
 //! a backend maps them under its own bucket, prefix or folder.
 
+pub mod dir;
 pub mod lock;
 pub mod memory;
 pub mod rclone;
@@ -14,6 +15,7 @@ pub mod s3;
 use std::io;
 use std::path::Path;
 
+pub use dir::DirObjects;
 pub use lock::RemoteLock;
 pub use memory::MemBackend;
 pub use rclone::{RcloneBackend, RcloneConfig};

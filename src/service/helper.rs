@@ -114,14 +114,15 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
         }
     }
     let options = MountOptions::parse(&items.join(",")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((def, MountSpec { store, mountpoint: args.mountpoint.clone(), options }))
+    let remote = def.as_ref().and_then(|d| d.remote.clone());
+    Ok((def, MountSpec { store, mountpoint: args.mountpoint.clone(), options, remote }))
 }
 
 /// `-f`: everything a mount would check, changing nothing.
 fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
     let will_create = def.is_some_and(|d| d.create.is_some())
         && std::fs::read_dir(&spec.store).map(|mut e| e.next().is_none()).unwrap_or(true);
-    if !will_create {
+    if !will_create && spec.remote.is_none() {
         crate::meta::Meta::load(&spec.store)?;
     }
     let meta = std::fs::metadata(&spec.mountpoint).map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
@@ -175,7 +176,8 @@ fn mount(args: &Args) -> anyhow::Result<String> {
         def.create_if_empty()?;
     }
     let level = def.as_ref().and_then(|d| d.log_level).unwrap_or(log::LevelFilter::Info).to_string().to_lowercase();
-    crate::cli::mount_detached(&level, &options, &spec.store, &spec.mountpoint)?;
+    let remote_def = def.as_ref().filter(|d| d.remote.is_some()).map(|d| d.file.as_path());
+    crate::cli::mount_detached(&level, &options, &spec.store, &spec.mountpoint, remote_def)?;
     Ok(format!("mounted {} at {} ({options})", spec.store.display(), spec.mountpoint.display()))
 }
 

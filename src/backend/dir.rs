@@ -1,0 +1,168 @@
+//! `dir`: objects as files under a local directory (a slow disk, an NFS
+//! mount), for a cache in front of it and for tests.
+//!
+//! Key `d0000/blk-000001` is the file `ROOT/d0000/blk-000001`; folders are
+//! created as needed. A put writes a temporary file beside the object,
+//! fsyncs it, renames it into place and fsyncs the folder, so an object is
+//! always whole. The root itself is never created: if it disappears (an
+//! unmounted NFS share), every operation fails instead of writing elsewhere.
+
+use super::ObjectBackend;
+use crate::errors::context;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Temporary files start with this; `list` skips them.
+const TMP_PREFIX: &str = ".tmp-";
+
+pub struct DirObjects {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+impl DirObjects {
+    /// A backend over the existing directory `root`.
+    pub fn new(root: &Path) -> io::Result<Self> {
+        let meta = fs::metadata(root).map_err(|e| context(root.display(), e))?;
+        if !meta.is_dir() {
+            return Err(context(root.display(), io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        Ok(Self { root: root.to_path_buf(), counter: AtomicU64::new(0) })
+    }
+
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        let bad = key.is_empty()
+            || key.starts_with('/')
+            || key.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(TMP_PREFIX));
+        if bad {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: invalid object key {key:?}", self.root.display())));
+        }
+        Ok(self.root.join(key))
+    }
+
+    /// Fails (ENOENT) when the root has gone, so a missing object is only
+    /// reported as missing while the backend is really there.
+    fn check_root(&self) -> io::Result<()> {
+        fs::metadata(&self.root).map(drop).map_err(|e| context(self.root.display(), e))
+    }
+
+    fn sync_dir(dir: &Path) -> io::Result<()> {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| context(dir.display(), e))
+    }
+}
+
+impl ObjectBackend for DirObjects {
+    fn describe(&self) -> String {
+        format!("dir:{}", self.root.display())
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        let path = self.path(key)?;
+        match fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_root().map(|()| None),
+            Err(e) => Err(context(path.display(), e)),
+        }
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        let path = self.path(key)?;
+        self.check_root()?;
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        if parent != self.root {
+            // Only below the root, which must exist.
+            fs::create_dir_all(&parent).map_err(|e| context(parent.display(), e))?;
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = parent.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_data()))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(context(path.display(), e));
+        }
+        Self::sync_dir(&parent)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Self::sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_root(),
+            Err(e) => Err(context(path.display(), e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.check_root()?;
+        let mut keys = vec![];
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            for entry in fs::read_dir(&dir).map_err(|e| context(dir.display(), e))? {
+                let entry = entry.map_err(|e| context(dir.display(), e))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                if name.starts_with(TMP_PREFIX) {
+                    continue;
+                }
+                let key = if rel.is_empty() { name } else { format!("{rel}/{}", name) };
+                let kind = entry.file_type().map_err(|e| context(entry.path().display(), e))?;
+                if kind.is_dir() {
+                    stack.push((entry.path(), key));
+                } else if kind.is_file() && key.starts_with(prefix) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_round_trip_in_folders_and_list_recursively() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = DirObjects::new(dir.path()).unwrap();
+        assert_eq!(b.get("d0000/blk-000001").unwrap(), None);
+        b.put("d0000/blk-000001", b"one").unwrap();
+        b.put("d0001/blk-001001", b"two").unwrap();
+        b.put("onefs.json", b"{}").unwrap();
+        b.put("d0000/blk-000001", b"uno").unwrap();
+        assert_eq!(b.get("d0000/blk-000001").unwrap().unwrap(), b"uno");
+        let mut keys = b.list("").unwrap();
+        keys.sort();
+        assert_eq!(keys, ["d0000/blk-000001", "d0001/blk-001001", "onefs.json"]);
+        assert_eq!(b.list("d0001/").unwrap(), ["d0001/blk-001001"]);
+        b.delete("d0000/blk-000001").unwrap();
+        b.delete("d0000/blk-000001").unwrap();
+        assert_eq!(b.get("d0000/blk-000001").unwrap(), None);
+        for bad in ["", "/abs", "a/../b", "a//b", ".tmp-x"] {
+            assert!(b.put(bad, b"x").is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_vanished_root_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        fs::create_dir(&root).unwrap();
+        let b = DirObjects::new(&root).unwrap();
+        b.put("d0000/blk-000001", b"one").unwrap();
+        fs::rename(&root, dir.path().join("away")).unwrap();
+        assert!(b.get("d0000/blk-000001").is_err());
+        assert!(b.put("d0000/blk-000002", b"x").is_err());
+        assert!(b.list("").is_err());
+        assert!(!root.exists(), "put recreated the root");
+    }
+}

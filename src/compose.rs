@@ -1,0 +1,209 @@
+//! The storage stack of a mount, composed in one place.
+//!
+//! From the kernel down:
+//!
+//! ```text
+//! FUSE ─ Image ─┬─ DirStore(store dir)                          store = "/path"
+//!               └─ CacheStore(cache dir) ─ ObjectBackend         [backend] + [cache]
+//!                                            ├─ DirObjects(path)   type = "dir"
+//!                                            ├─ S3Backend          type = "s3"
+//!                                            └─ RcloneBackend      type = "rclone"
+//! ```
+//!
+//! A definition's `[backend]` chooses the backend; `[cache]` the cache in
+//! front of it. The image description `onefs.json` lives beside the blocks:
+//! a file in a store directory, an object in a backend.
+
+use crate::backend::lock::{LOCK_KEY, read_lock};
+use crate::backend::{DirObjects, ObjectBackend, RcloneBackend, RemoteLock, S3Backend};
+use crate::config::{BackendDef, RemoteDef};
+use crate::meta::{META_FILE, Meta};
+use crate::store::cache::{CacheConfig, CacheStore};
+use crate::store::{BlockStore, DirStore};
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The backend a `[backend]` table describes.
+pub fn open_backend(def: &BackendDef) -> anyhow::Result<Arc<dyn ObjectBackend>> {
+    Ok(match def {
+        BackendDef::Dir { path } => Arc::new(DirObjects::new(path).map_err(|e| anyhow::anyhow!("backend: {e}"))?),
+        BackendDef::S3(config) => Arc::new(S3Backend::new(config)?),
+        BackendDef::Rclone(config) => Arc::new(RcloneBackend::new(config)?),
+    })
+}
+
+/// Reads `onefs.json` from a backend.
+pub fn load_meta(backend: &dyn ObjectBackend) -> anyhow::Result<Meta> {
+    let name = format!("{}/{META_FILE}", backend.describe().trim_end_matches('/'));
+    let Some(data) = backend.get(META_FILE).with_context(|| name.clone())? else {
+        bail!("{name}: no image description: not an onefs store (create one with onefs create --definition NAME)");
+    };
+    let text = String::from_utf8(data).map_err(|_| anyhow::anyhow!("{name}: not UTF-8 text"))?;
+    Ok(Meta::parse(&text, Path::new(&name))?)
+}
+
+/// `onefs create` on a backend: refuses a non-empty bucket prefix or folder,
+/// then stores `onefs.json` as an object.
+pub fn create_remote(backend: &dyn ObjectBackend, size: u64, block_size: u64) -> anyhow::Result<Meta> {
+    let geometry = crate::core::Geometry::new(size, block_size).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = backend.list("").with_context(|| format!("{}: cannot list", backend.describe()))?;
+    if let Some(key) = keys.iter().min() {
+        bail!(
+            "{}: store is not empty (it holds {key:?}); onefs creates images only in an empty prefix or folder",
+            backend.describe()
+        );
+    }
+    let meta = Meta::new(&geometry);
+    backend
+        .put(META_FILE, meta.to_json().as_bytes())
+        .with_context(|| format!("{}: cannot write the image description", backend.describe()))?;
+    Ok(meta)
+}
+
+/// `[create]` of a remote definition: creates the image when the backend
+/// holds nothing yet. Returns whether it created one.
+pub fn create_if_empty(def: &BackendDef, size: u64, block_size: u64, name: &str) -> anyhow::Result<bool> {
+    let backend = open_backend(def)?;
+    let keys = backend.list("").with_context(|| format!("{}: cannot list", backend.describe()))?;
+    if !keys.is_empty() {
+        return Ok(false);
+    }
+    let meta = create_remote(&*backend, size, block_size)?;
+    log::info!("created {} (id {}) for {name}: disk.img of {}", backend.describe(), meta.id, crate::core::size::Size(meta.size));
+    Ok(true)
+}
+
+/// Where a mount's blocks are, before it is locked and opened.
+pub enum Backing {
+    Dir { store: PathBuf },
+    Remote { backend: Arc<dyn ObjectBackend>, cache: CacheConfig },
+}
+
+impl Backing {
+    /// `store` is the store directory, or the cache directory of a remote.
+    pub fn new(store: &Path, remote: Option<&RemoteDef>) -> anyhow::Result<Self> {
+        Ok(match remote {
+            None => Backing::Dir { store: store.to_path_buf() },
+            Some(remote) => {
+                let mut cache = remote.cache.clone();
+                cache.dir = store.to_path_buf();
+                Backing::Remote { backend: open_backend(&remote.backend)?, cache }
+            }
+        })
+    }
+
+    pub fn meta(&self) -> anyhow::Result<Meta> {
+        match self {
+            Backing::Dir { store } => Ok(Meta::load(store)?),
+            Backing::Remote { backend, .. } => load_meta(&**backend),
+        }
+    }
+
+    /// For messages: the store directory or `BACKEND (cache DIR)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Backing::Dir { store } => store.display().to_string(),
+            Backing::Remote { backend, cache } => format!("{} (cache {})", backend.describe(), cache.dir.display()),
+        }
+    }
+
+    /// The block store stack. Call with the store (or cache) lock held; a
+    /// remote store is locked here too (one host at a time).
+    pub fn open(self, meta: &Meta, mountpoint: &Path) -> anyhow::Result<Stack> {
+        let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{e}"))?;
+        match self {
+            Backing::Dir { store } => {
+                let dir_store = DirStore::open(&store, geometry)?;
+                dir_store.remove_temporaries()?;
+                Ok(Stack { store: Arc::new(dir_store), cache: None, remote_lock: None })
+            }
+            Backing::Remote { backend, cache } => {
+                let described = backend.describe();
+                clear_own_dead_lock(&*backend)?;
+                let remote_lock = RemoteLock::acquire(backend.clone(), mountpoint)?;
+                let cache = Arc::new(
+                    CacheStore::open(backend, meta, &cache).map_err(|e| anyhow::anyhow!("cache for {described}: {e}"))?,
+                );
+                Ok(Stack { store: cache.clone(), cache: Some(cache), remote_lock: Some(remote_lock) })
+            }
+        }
+    }
+}
+
+/// An opened stack: the store the image sits on, and the cache layer if any
+/// (to flush and shut down at unmount).
+pub struct Stack {
+    pub store: Arc<dyn BlockStore>,
+    pub cache: Option<Arc<CacheStore>>,
+    remote_lock: Option<RemoteLock>,
+}
+
+impl Stack {
+    /// Uploads what the cache holds, shuts it down cleanly and releases the
+    /// remote lock.
+    pub fn close(&mut self) -> anyhow::Result<()> {
+        if let Some(cache) = &self.cache {
+            cache.close().context("closing the cache")?;
+        }
+        if let Some(lock) = self.remote_lock.take() {
+            if lock.lost() {
+                log::error!("the remote lock was taken by another host while mounted: {}", lock.info().mountpoint);
+            }
+            lock.release().context("releasing the remote lock")?;
+        }
+        Ok(())
+    }
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+fn onefs_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "onefs" || c.starts_with("mount."))
+}
+
+/// A lock left by an onefs of this host that is gone (killed, crashed) is
+/// ours to break: the host is here to say its holder is not running.
+fn clear_own_dead_lock(backend: &dyn ObjectBackend) -> anyhow::Result<()> {
+    let Ok(Some(held)) = read_lock(backend) else { return Ok(()) };
+    let host = this_host();
+    if !host.is_empty() && held.holder == host && !onefs_alive(held.pid) {
+        log::warn!(
+            "{}: {LOCK_KEY} was left by onefs pid {} of this host, which is gone; taking it over",
+            backend.describe(),
+            held.pid
+        );
+        RemoteLock::break_lock(backend).with_context(|| format!("{}: breaking the dead lock", backend.describe()))?;
+    }
+    Ok(())
+}
+
+/// `onefs break-lock`: removes the remote lock of a definition's backend and
+/// says who held it.
+pub fn break_lock(def: &BackendDef) -> anyhow::Result<String> {
+    let backend = open_backend(def)?;
+    let held = RemoteLock::break_lock(&*backend).with_context(|| format!("{}: cannot break the lock", backend.describe()))?;
+    Ok(match held {
+        Some(info) => format!("{}: broke the lock of {} pid {} (mountpoint {})", backend.describe(), info.holder, info.pid, info.mountpoint),
+        None => format!("{}: there was no lock", backend.describe()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemBackend;
+
+    #[test]
+    fn create_refuses_a_non_empty_backend_and_stores_the_description_beside_the_blocks() {
+        let backend = MemBackend::new();
+        let meta = create_remote(&backend, 1 << 30, 4 << 20).unwrap();
+        assert_eq!(load_meta(&backend).unwrap(), meta);
+        let err = create_remote(&backend, 1 << 30, 4 << 20).unwrap_err().to_string();
+        assert!(err.contains("not empty") && err.contains("onefs.json"), "{err}");
+        let empty = MemBackend::new();
+        assert!(load_meta(&empty).unwrap_err().to_string().contains("not an onefs store"));
+    }
+}

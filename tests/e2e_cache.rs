@@ -1,0 +1,290 @@
+//! End to end: definitions with `[backend] type = "dir"` and `[cache]`,
+//! served by `onefs run` for real (FUSE, loop device, ext4).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BS: u64 = 1 << 20;
+const TRAILER: usize = 8;
+
+struct Setup {
+    scratch: Scratch,
+    config_dir: PathBuf,
+    objects: PathBuf,
+    cache: PathBuf,
+    mountpoint: PathBuf,
+}
+
+impl Setup {
+    fn new(cache_keys: &str) -> Self {
+        let scratch = Scratch::new();
+        let config_dir = scratch.dir("etc");
+        let objects = scratch.dir("objects");
+        let mountpoint = scratch.dir("mnt");
+        let cache = scratch.path("cache");
+        let s = Setup { scratch, config_dir, objects, cache, mountpoint };
+        s.define(cache_keys);
+        s
+    }
+
+    fn define(&self, cache_keys: &str) {
+        let text = format!(
+            "mountpoint = \"{}\"\n[backend]\ntype = \"dir\"\npath = \"{}\"\n[cache]\ndir = \"{}\"\n{cache_keys}\n",
+            self.mountpoint.display(),
+            self.objects.display(),
+            self.cache.display()
+        );
+        fs::write(self.config_dir.join("data.toml"), text).unwrap();
+    }
+
+    fn create(&self, size: &str) {
+        let out = onefs(&["create", "--size", size, "--block-size", "1M", "--definition", "data", "--config-dir", self.config_dir.to_str().unwrap()]);
+        assert!(out.status.success(), "create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn run(&self) -> Served {
+        let log = fs::File::create(self.scratch.path("onefs.log")).unwrap();
+        let child = Command::new(onefs_bin())
+            .args(["run", "data", "--config-dir", self.config_dir.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start onefs run");
+        let served = Served { child, mountpoint: self.mountpoint.clone(), cache: self.cache.clone() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_onefs_mount(&self.mountpoint) {
+            assert!(Instant::now() < deadline, "mount did not come up: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        served
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.scratch.path("onefs.log")).unwrap_or_default()
+    }
+
+    fn object_path(&self, block: u64) -> PathBuf {
+        self.objects.join(format!("d{:04}", block / 1000)).join(format!("blk-{:05}", block + 1))
+    }
+
+    /// The block bytes of an object (checksum trailer stripped), if present.
+    fn object(&self, block: u64) -> Option<Vec<u8>> {
+        let mut data = fs::read(self.object_path(block)).ok()?;
+        assert_eq!(data.len(), BS as usize + TRAILER, "object of block {block}");
+        data.truncate(BS as usize);
+        Some(data)
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.mountpoint.join("disk.img")
+    }
+}
+
+fn is_onefs_mount(path: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let path = path.to_string_lossy().replace(' ', "\\040");
+    text.lines().any(|l| l.split(' ').nth(4) == Some(path.as_str()) && l.contains(" - fuse.onefs "))
+        && nix::sys::statfs::statfs(path.as_str()).is_ok()
+}
+
+/// A running `onefs run`; unmounts and waits for it on drop.
+struct Served {
+    child: Child,
+    mountpoint: PathBuf,
+    cache: PathBuf,
+}
+
+impl Served {
+    /// Unmounts (flushing the cache) and waits for a clean exit.
+    fn stop(mut self) {
+        run("umount", &[self.mountpoint.to_str().unwrap()]);
+        let status = wait_child(&mut self.child, Duration::from_secs(60)).expect("onefs run did not exit after umount");
+        assert!(status.success(), "onefs run failed: {status}");
+        std::mem::forget(self);
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        wait_store_released(&self.cache);
+        std::mem::forget(self);
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if Command::new("umount").arg(&self.mountpoint).status().map_or(true, |s| !s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+        if wait_child(&mut self.child, Duration::from_secs(30)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn dir_backend_ext4_cycle_then_remount_from_an_empty_cache() {
+    let s = Setup::new("size = \"64M\"\nupload_delay = \"200ms\"\n");
+    s.create("4G");
+    assert!(s.objects.join("onefs.json").is_file(), "onefs.json is stored beside the blocks");
+    // A second create on the same (now non-empty) backend is refused.
+    let out = onefs(&["create", "--size", "1G", "--definition", "data", "--config-dir", s.config_dir.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not empty"));
+
+    let inner = s.scratch.dir("ext4");
+    let data = pattern(7, 96 << 20);
+    let started = Instant::now();
+    {
+        let served = s.run();
+        let lo = Loop::attach(&s.disk(), &["--direct-io=on"]);
+        run("mkfs.ext4", &["-q", "-F", &lo.0]);
+        let m = DevMount::new(&lo.0, &inner);
+        fs::write(inner.join("file"), &data).unwrap();
+        run("sync", &[]);
+        // Live numbers while mounted: the cache holds at most its size.
+        let status = run(onefs_bin(), &["status", "data", "--config-dir", s.config_dir.to_str().unwrap()]);
+        assert!(status.contains("cache: ") && status.contains("hit rate") && status.contains("dirty blocks"), "{status}");
+        m.unmount();
+        lo.detach();
+        served.stop();
+    }
+    let written = started.elapsed();
+    assert!(fs::read_dir(s.objects.join("d0000")).unwrap().count() > 96, "blocks are in the backend");
+
+    // Lose the whole cache: everything comes back from the backend.
+    fs::remove_dir_all(&s.cache).unwrap();
+    let started = Instant::now();
+    let served = s.run();
+    let remounted = started.elapsed();
+    let lo = Loop::attach(&s.disk(), &["--direct-io=on"]);
+    run("e2fsck", &["-fn", &lo.0]);
+    let m = DevMount::new(&lo.0, &inner);
+    assert!(fs::read(inner.join("file")).unwrap() == data, "data intact after remount from an empty cache");
+    m.unmount();
+    lo.detach();
+    served.stop();
+    eprintln!("ext4 cycle with 96 MiB: {written:?}; remount from an empty cache: {remounted:?}");
+}
+
+#[test]
+fn kill_9_with_dirty_blocks_in_a_local_cache_then_restart_uploads_every_fsynced_byte() {
+    // Nothing is uploaded while the first daemon lives.
+    let s = Setup::new("durability = \"local\"\nupload_delay = \"1h\"\n");
+    s.create("1G");
+    let writes: Vec<(u64, Vec<u8>)> = (0..12u64).map(|i| (i * 5 * BS + i * 4097, pattern(100 + i, 200_000))).collect();
+    let served = s.run();
+    for (offset, data) in &writes {
+        pwrite(&s.disk(), *offset, data); // fsyncs
+    }
+    assert!(s.object(0).is_none(), "uploaded too early: the delay is an hour");
+    served.kill9();
+
+    s.define("durability = \"local\"\nupload_delay = \"10ms\"\n");
+    let served = s.run();
+    let expect = |offset: u64, data: &[u8]| {
+        // Every byte of the write, in the object(s) it spans.
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let at = offset + pos as u64;
+            let (block, within) = (at / BS, (at % BS) as usize);
+            let n = (BS as usize - within).min(data.len() - pos);
+            let Some(object) = s.object(block) else { return false };
+            if object[within..within + n] != data[pos..pos + n] {
+                return false;
+            }
+            pos += n;
+        }
+        true
+    };
+    wait_until("the journal's blocks in the backend", Duration::from_secs(60), || writes.iter().all(|(o, d)| expect(*o, d)));
+    served.stop();
+}
+
+#[test]
+fn backend_down_writes_land_uncached_reads_fail_with_eio_and_it_recovers() {
+    let s = Setup::new("durability = \"local\"\nupload_delay = \"50ms\"\nretry_timeout = \"1s\"\n");
+    s.create("1G");
+    let old = pattern(1, 100_000);
+    let served = s.run();
+    pwrite(&s.disk(), 0, &old);
+    served.stop();
+    assert!(s.object(0).is_some());
+    // Start from an empty cache, so block 0 is only in the backend.
+    fs::remove_dir_all(&s.cache).unwrap();
+    let served = s.run();
+    let away = s.scratch.path("objects.away");
+    fs::rename(&s.objects, &away).unwrap();
+
+    let new = pattern(2, 300_000);
+    pwrite(&s.disk(), 7 * BS + 11, &new); // a new block: lands in the cache, fsync succeeds
+    assert_eq!(pread(&s.disk(), 7 * BS + 11, new.len()), new);
+    let file = fs::File::open(s.disk()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = file.read_exact_at(&mut buf, 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    wait_until("status to show the failing backend", Duration::from_secs(10), || {
+        run(onefs_bin(), &["status", "data", "--config-dir", s.config_dir.to_str().unwrap()]).contains("backend failing")
+    });
+
+    fs::rename(&away, &s.objects).unwrap();
+    let mut buf = vec![0u8; old.len()];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == old, "the backend's data after recovery");
+    wait_until("the block written while down to be uploaded", Duration::from_secs(60), || {
+        s.object(7).is_some_and(|o| o[11..11 + new.len()] == new[..])
+    });
+    drop(file);
+    served.stop();
+}
+
+#[test]
+fn remote_durability_fsync_returns_once_the_objects_are_in_the_backend() {
+    let s = Setup::new("durability = \"remote\"\nupload_delay = \"1h\"\n");
+    s.create("1G");
+    let served = s.run();
+    let data = pattern(3, 3 * BS as usize);
+    let file = fs::OpenOptions::new().write(true).open(s.disk()).unwrap();
+    file.write_all_at(&data, 2 * BS).unwrap();
+    assert!(s.object(2).is_none(), "not uploaded before fsync: the delay is an hour");
+    file.sync_all().unwrap();
+    for i in 0..3u64 {
+        assert!(s.object(2 + i).unwrap()[..] == data[(i * BS) as usize..((i + 1) * BS) as usize], "block {}", 2 + i);
+    }
+    // Zeroing a whole block deletes its object, also by the next fsync.
+    file.write_all_at(&vec![0u8; BS as usize], 3 * BS).unwrap();
+    file.sync_all().unwrap();
+    assert!(s.object(3).is_none());
+    drop(file);
+    served.stop();
+}
