@@ -2,6 +2,7 @@
 //! served by `onefs run` for real (FUSE, loop device, ext4).
 
 mod common;
+mod remote;
 
 use common::*;
 use std::fs;
@@ -16,6 +17,8 @@ const TRAILER: usize = 8;
 struct Setup {
     scratch: Scratch,
     config_dir: PathBuf,
+    /// The `[backend]` table (a directory of objects unless replaced).
+    backend: String,
     objects: PathBuf,
     cache: PathBuf,
     mountpoint: PathBuf,
@@ -28,16 +31,23 @@ impl Setup {
         let objects = scratch.dir("objects");
         let mountpoint = scratch.dir("mnt");
         let cache = scratch.path("cache");
-        let s = Setup { scratch, config_dir, objects, cache, mountpoint };
+        let backend = format!("type = \"dir\"\npath = \"{}\"\n", objects.display());
+        let s = Setup { scratch, config_dir, backend, objects, cache, mountpoint };
         s.define(cache_keys);
         s
     }
 
+    fn with_backend(mut self, backend: String, cache_keys: &str) -> Self {
+        self.backend = backend;
+        self.define(cache_keys);
+        self
+    }
+
     fn define(&self, cache_keys: &str) {
         let text = format!(
-            "mountpoint = \"{}\"\n[backend]\ntype = \"dir\"\npath = \"{}\"\n[cache]\ndir = \"{}\"\n{cache_keys}\n",
+            "mountpoint = \"{}\"\n[backend]\n{}[cache]\ndir = \"{}\"\n{cache_keys}\n",
             self.mountpoint.display(),
-            self.objects.display(),
+            self.backend,
             self.cache.display()
         );
         fs::write(self.config_dir.join("data.toml"), text).unwrap();
@@ -158,6 +168,29 @@ fn dir_backend_ext4_cycle_then_remount_from_an_empty_cache() {
     let s = Setup::new("size = \"64M\"\nupload_delay = \"200ms\"\n");
     s.create("4G");
     assert!(s.objects.join("onefs.json").is_file(), "onefs.json is stored beside the blocks");
+    ext4_cycle(&s, "dir");
+    assert!(fs::read_dir(s.objects.join("d0000")).unwrap().count() > 96, "blocks are in the backend");
+}
+
+#[test]
+fn s3_on_garage_ext4_cycle_then_remount_from_an_empty_cache() {
+    let garage = remote::Garage::start();
+    let backend = format!(
+        "type = \"s3\"\nendpoint = \"{}\"\nregion = \"garage\"\nbucket = \"{}\"\nprefix = \"e2e/\"\npath_style = true\ncredentials_file = \"{}\"\n",
+        garage.endpoint,
+        garage.bucket,
+        garage.credentials_file().display()
+    );
+    let s = Setup::new("").with_backend(backend, "size = \"64M\"\nupload_delay = \"200ms\"\n");
+    s.create("4G");
+    ext4_cycle(&s, "s3");
+    let keys = onefs::backend::ObjectBackend::list(&garage.backend("e2e/"), "").unwrap();
+    assert!(keys.iter().any(|k| k == "onefs.json") && keys.len() > 96, "{} objects", keys.len());
+}
+
+/// mkfs.ext4, 96 MiB written, unmount (flushing the cache); delete the
+/// cache; remount: e2fsck clean and the data intact.
+fn ext4_cycle(s: &Setup, label: &str) {
     // A second create on the same (now non-empty) backend is refused.
     let out = onefs(&["create", "--size", "1G", "--definition", "data", "--config-dir", s.config_dir.to_str().unwrap()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not empty"));
@@ -180,7 +213,6 @@ fn dir_backend_ext4_cycle_then_remount_from_an_empty_cache() {
         served.stop();
     }
     let written = started.elapsed();
-    assert!(fs::read_dir(s.objects.join("d0000")).unwrap().count() > 96, "blocks are in the backend");
 
     // Lose the whole cache: everything comes back from the backend.
     fs::remove_dir_all(&s.cache).unwrap();
@@ -194,7 +226,7 @@ fn dir_backend_ext4_cycle_then_remount_from_an_empty_cache() {
     m.unmount();
     lo.detach();
     served.stop();
-    eprintln!("ext4 cycle with 96 MiB: {written:?}; remount from an empty cache: {remounted:?}");
+    eprintln!("{label}: mkfs + 96 MiB through ext4 + unmount with upload: {written:?}; remount from an empty cache: {remounted:?}");
 }
 
 #[test]
