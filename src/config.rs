@@ -582,6 +582,35 @@ block_size = "4M"
     }
 
     #[test]
+    fn backend_and_cache_definitions() {
+        use crate::store::cache::Durability;
+        let d = parse("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\nsize = \"1G\"\ndurability = \"remote\"\nupload_workers = 8\nupload_delay = \"500ms\"\nretry_timeout = \"1m\"\n").unwrap();
+        assert_eq!(d.store, PathBuf::from("/c"), "the cache directory takes the place of the store");
+        let r = d.remote.unwrap();
+        assert_eq!(r.backend, BackendDef::Dir { path: PathBuf::from("/o") });
+        assert_eq!((r.cache.size, r.cache.durability, r.cache.upload_workers), (1 << 30, Durability::Remote, 8));
+        assert_eq!((r.cache.upload_delay.as_millis(), r.cache.retry_timeout.as_secs()), (500, 60));
+        let d = parse("mountpoint = \"/m\"\n[backend]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"b\"\n[cache]\ndir = \"/c\"\n").unwrap();
+        assert!(matches!(d.remote.unwrap().backend, BackendDef::S3(c) if c.bucket == "b"));
+        let cases = [
+            ("mountpoint = \"/m\"\n[backend]\ntype = \"ftp\"\n[cache]\ndir = \"/c\"\n", "data.toml:3: key `backend.type`: \"ftp\" is not one of"),
+            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n", "[backend] needs a [cache]"),
+            ("store = \"/s\"\nmountpoint = \"/m\"\n[cache]\ndir = \"/c\"\n", "[cache] needs a [backend]"),
+            ("store = \"/s\"\nmountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\n", "data.toml:1: key `store`: not with [backend]"),
+            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\ndurability = \"sync\"\n", "data.toml:7: key `cache.durability`"),
+            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\nupload_delay = \"soon\"\n", "data.toml:7: key `cache.upload_delay`"),
+            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\nupload_workers = 0\n", "key `cache.upload_workers`: 0 is not between 1 and 64"),
+            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\nbucket = \"x\"\n[cache]\ndir = \"/c\"\n", "key `backend.bucket`: unknown key"),
+            ("mountpoint = \"/m\"\n[backend]\ntype = \"s3\"\nendpoint = \"http://x\"\nbucket = \"b\"\nsecret = \"no\"\n[cache]\ndir = \"/c\"\n", "[backend] type \"s3\": unknown field `secret`"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expected), "{err:?} does not contain {expected:?}");
+            assert!(!err.contains('\n'), "{err:?} is not one line");
+        }
+    }
+
+    #[test]
     fn unsafe_names_are_refused() {
         for bad in ["", "a/b", "../x", "..", ".hidden", "-x", "a b", "a\\b", "x@y", "é", &"x".repeat(65)] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
