@@ -188,6 +188,27 @@ fn s3_on_garage_ext4_cycle_then_remount_from_an_empty_cache() {
     assert!(keys.iter().any(|k| k == "onefs.json") && keys.len() > 96, "{} objects", keys.len());
 }
 
+#[test]
+fn rclone_local_remote_ext4_cycle_then_remount_from_an_empty_cache() {
+    let rclone = remote::rclone_bin();
+    let s = Setup::new("");
+    let remote_dir = s.scratch.dir("rclone-remote");
+    let backend = format!(
+        "type = \"rclone\"\nremote = \"{}\"\nrclone = \"{}\"\n",
+        remote_dir.display(),
+        rclone.display()
+    );
+    let s = s.with_backend(backend, "size = \"64M\"\nupload_delay = \"200ms\"\n");
+    s.create("4G");
+    ext4_cycle(&s, "rclone");
+    // Blocks landed as objects in folders of at most 1000, beside onefs.json.
+    assert!(remote_dir.join("onefs.json").exists());
+    let folders: Vec<_> = fs::read_dir(&remote_dir).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+    assert!(!folders.is_empty());
+    let objects: usize = folders.iter().map(|f| fs::read_dir(f.path()).unwrap().count()).sum();
+    assert!(objects > 96, "{objects} block objects");
+}
+
 /// mkfs.ext4, 96 MiB written, unmount (flushing the cache); delete the
 /// cache; remount: e2fsck clean and the data intact.
 fn ext4_cycle(s: &Setup, label: &str) {
