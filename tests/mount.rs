@@ -273,7 +273,10 @@ fn kill_9_leaves_a_dead_mount_that_the_next_mount_clears() {
     let onefs = OnefsMount::new(&store, &mnt, &[]);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(onefs.pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_store_released(&store);
+    // Keep the dead mount for the next `onefs mount` to clear, but never
+    // leak it if that fails.
     std::mem::forget(onefs);
+    let _dead = LazyUnmount(mnt.clone());
     let onefs = OnefsMount::new(&store, &mnt, &[]);
     assert_eq!(pread(&onefs.disk(), 2 * MIB, 16), b"survives kill -9");
     onefs.unmount();
@@ -349,4 +352,13 @@ fn mount_right_after_umount_waits_for_the_old_daemon() {
     let onefs = OnefsMount::new(&store, &mnt, &[]);
     assert_eq!(pread(&onefs.disk(), 0, 4096), pattern(2, 4096));
     onefs.unmount();
+}
+
+/// Detaches whatever is mounted at a path when dropped.
+struct LazyUnmount(std::path::PathBuf);
+
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
