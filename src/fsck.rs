@@ -10,13 +10,12 @@
 //! The store lock is held for the whole check, so no mount starts meanwhile.
 
 use crate::core::size::{Approx, Size};
-use crate::core::{Geometry, is_zero};
+use crate::core::Geometry;
 use crate::lock::{LOCK_FILE, StoreLock};
 use crate::meta::{META_FILE, Meta};
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -273,7 +272,7 @@ fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -
         });
         return BlockOutcome { stored: Some(meta.blocks() * 512), findings };
     }
-    let zero = match all_zero(&file, len, buf) {
+    let zero = match crate::store::blockfile::holds_only_zeros(&file, len, buf) {
         Ok(zero) => zero,
         Err(e) => return unreadable(e),
     };
@@ -307,50 +306,6 @@ fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -
     let changed = findings.iter().any(Finding::repaired);
     let stored = if changed { file.metadata().map_or(meta.blocks(), |m| m.blocks()) } else { meta.blocks() } * 512;
     BlockOutcome { stored: Some(stored), findings }
-}
-
-/// True if the first `len` bytes of `file` are all zero; reads only the data
-/// extents (SEEK_DATA/SEEK_HOLE), or everything where those are unsupported.
-fn all_zero(file: &File, len: u64, buf: &mut [u8]) -> io::Result<bool> {
-    let fd = file.as_raw_fd();
-    let mut pos = 0u64;
-    while pos < len {
-        // SAFETY: plain lseek on a descriptor we own.
-        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::ENXIO) => Ok(true),
-                Some(libc::EINVAL) => scan_zero(file, pos, len, buf),
-                _ => Err(err),
-            };
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { len } else { (hole as u64).min(len) };
-        if !scan_zero(file, data as u64, hole, buf)? {
-            return Ok(false);
-        }
-        pos = hole.max(data as u64 + 1);
-    }
-    Ok(true)
-}
-
-fn scan_zero(file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool> {
-    while pos < end {
-        let want = buf.len().min((end - pos) as usize);
-        let got = match file.read_at(&mut buf[..want], pos) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if !is_zero(&buf[..got]) {
-            return Ok(false);
-        }
-        pos += got as u64;
-    }
-    Ok(true)
 }
 
 /// A `\r`-redrawn progress line on stderr.

@@ -3,7 +3,7 @@
 //! stays readable with standard tools.
 
 use super::{BlockStore, Zeroed};
-use crate::core::{Geometry, is_zero};
+use crate::core::Geometry;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -160,49 +160,10 @@ impl DirStore {
         lock(&self.dirty).insert(block);
     }
 
-    /// True if the block file holds no non-zero byte. Looks only at the data
-    /// extents the filesystem reports, so a mostly-punched block is cheap.
+    /// True if the block file holds no non-zero byte.
     fn is_all_zero(&self, file: &File) -> io::Result<bool> {
-        let fd = file.as_raw_fd();
         let len = file.metadata()?.len();
-        let mut pos = 0u64;
-        let mut buf = vec![0u8; 64 << 10];
-        while pos < len {
-            // SAFETY: plain lseek on a descriptor we own.
-            let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-            if data < 0 {
-                let err = io::Error::last_os_error();
-                return match err.raw_os_error() {
-                    Some(libc::ENXIO) => Ok(true),
-                    // No SEEK_DATA support: fall back to reading everything.
-                    Some(libc::EINVAL) => self.scan_zero(file, pos, len, &mut buf),
-                    _ => Err(err),
-                };
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-            let hole = if hole < 0 { len } else { hole as u64 };
-            if !self.scan_zero(file, data as u64, hole, &mut buf)? {
-                return Ok(false);
-            }
-            pos = hole;
-        }
-        Ok(true)
-    }
-
-    fn scan_zero(&self, file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool> {
-        while pos < end {
-            let want = buf.len().min((end - pos) as usize);
-            let got = file.read_at(&mut buf[..want], pos)?;
-            if got == 0 {
-                break;
-            }
-            if !is_zero(&buf[..got]) {
-                return Ok(false);
-            }
-            pos += got as u64;
-        }
-        Ok(true)
+        super::blockfile::holds_only_zeros(file, len, &mut vec![0u8; 64 << 10])
     }
 
     fn fsync_blocks(&self, blocks: &[u64]) -> Vec<(u64, io::Error)> {

@@ -8,6 +8,7 @@
 //! contract.
 
 pub mod cache;
+pub mod blockfile;
 pub mod dir;
 pub mod fault;
 pub mod memory;

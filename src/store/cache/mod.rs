@@ -326,43 +326,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// True if the file holds no non-zero byte (looking at data extents only).
 fn file_is_zero(file: &File, len: u64) -> io::Result<bool> {
-    let fd = file.as_raw_fd();
-    let mut pos = 0u64;
-    let mut buf = vec![0u8; 64 << 10];
-    let scan = |mut from: u64, to: u64, buf: &mut [u8]| -> io::Result<bool> {
-        while from < to {
-            let want = buf.len().min((to - from) as usize);
-            let got = file.read_at(&mut buf[..want], from)?;
-            if got == 0 {
-                break;
-            }
-            if !is_zero(&buf[..got]) {
-                return Ok(false);
-            }
-            from += got as u64;
-        }
-        Ok(true)
-    };
-    while pos < len {
-        // SAFETY: plain lseek on a descriptor we own.
-        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::ENXIO) => Ok(true),
-                Some(libc::EINVAL) => scan(pos, len, &mut buf),
-                _ => Err(err),
-            };
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { len } else { hole as u64 };
-        if !scan(data as u64, hole, &mut buf)? {
-            return Ok(false);
-        }
-        pos = hole;
-    }
-    Ok(true)
+    crate::store::blockfile::holds_only_zeros(file, len, &mut vec![0u8; 64 << 10])
 }
 
 /// Unpins a cached block when dropped.
