@@ -94,6 +94,18 @@ pub fn holder(store: &Path) -> Option<Holder> {
     (comm == "onefs" || comm.starts_with("mount.")).then_some(holder)
 }
 
+/// Opens (creating if needed) the lock file for reading and writing.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
 fn try_flock(file: &File) -> io::Result<bool> {
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -116,14 +128,7 @@ impl StoreLock {
     /// waited for, up to [`RELEASE_WAIT`].
     pub fn acquire(store: &Path, mountpoint: &Path) -> anyhow::Result<Self> {
         let path = store.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
+        let mut file = open_lock_file(&path)
             .map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
         let started = Instant::now();
         let mut announced = false;
@@ -174,14 +179,7 @@ impl StoreLock {
     /// writing (read-only media) is still locked through a read-only open.
     pub fn try_acquire_for_fsck(store: &Path, write: bool) -> anyhow::Result<Self> {
         let path = store.join(LOCK_FILE);
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path);
+        let opened = open_lock_file(&path);
         let (mut file, writable) = match opened {
             Ok(file) => (file, true),
             Err(e) if !write && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
