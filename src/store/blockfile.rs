@@ -2,10 +2,12 @@
 //! block files, the cache's block files, fsck's view of both).
 
 use crate::core::is_zero;
+use std::fmt::Display;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// True if the first `len` bytes of `file` hold no non-zero byte. Reads only
 /// the data extents the filesystem reports (SEEK_DATA/SEEK_HOLE), so a
@@ -52,6 +54,65 @@ fn scan(file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool>
     Ok(true)
 }
 
+/// fsync of many block files runs on this many threads: the disk sees one
+/// deep queue instead of a chain of single flushes.
+const SYNC_THREADS: usize = 8;
+
+/// Runs `sync_one` for every block, on several threads when there are
+/// several blocks; returns the failures.
+pub fn sync_blocks<F>(blocks: &[u64], sync_one: F) -> Vec<io::Error>
+where
+    F: Fn(u64) -> io::Result<()> + Sync,
+{
+    let sync_one = &sync_one;
+    if blocks.len() <= 1 {
+        return blocks.iter().filter_map(|&b| sync_one(b).err()).collect();
+    }
+    let per_thread = blocks.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = blocks
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || chunk.iter().filter_map(|&b| sync_one(b).err()).collect::<Vec<_>>()))
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    })
+}
+
+/// Durability bookkeeping of a store that flushes files and directories.
+#[derive(Default)]
+pub struct FlushState {
+    /// A file was created or removed since the last sync.
+    pub names_dirty: AtomicBool,
+    /// Once an fsync failed, the kernel may have dropped the data: every
+    /// later sync must fail too, or a lost write would look durable.
+    failed: AtomicBool,
+}
+
+impl FlushState {
+    /// Takes the "names changed" flag for a sync that is about to start.
+    pub fn take_names_dirty(&self) -> bool {
+        self.names_dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Ends a sync: a failed file flush poisons every later sync, a failed
+    /// directory flush is retried by the next one. `what` names the store in
+    /// the poisoned-sync error.
+    pub fn finish(&self, file_failures: Vec<io::Error>, dirs: io::Result<()>, what: &dyn Display) -> io::Result<()> {
+        if let Some(err) = file_failures.into_iter().next() {
+            self.failed.store(true, Ordering::Release);
+            return Err(err);
+        }
+        if let Err(err) = dirs {
+            self.names_dirty.store(true, Ordering::Release);
+            return Err(err);
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(format!("{what}: an earlier flush failed; data written since mount may be lost")));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +130,31 @@ mod tests {
         assert!(!holds_only_zeros(&file, 1 << 20, &mut buf).unwrap());
         assert!(holds_only_zeros(&file, 800_000, &mut buf).unwrap(), "only the first len bytes count");
         file.flush().unwrap();
+    }
+
+    #[test]
+    fn a_failed_flush_poisons_later_syncs_and_a_failed_directory_flush_retries() {
+        let state = FlushState::default();
+        state.names_dirty.store(true, Ordering::Release);
+        assert!(state.take_names_dirty());
+        let dir_err = state.finish(vec![], Err(io::Error::from_raw_os_error(libc::EIO)), &"s");
+        assert!(dir_err.is_err() && state.take_names_dirty(), "directory flush retried");
+        assert!(state.finish(vec![], Ok(()), &"s").is_ok());
+        assert!(state.finish(vec![io::Error::from_raw_os_error(libc::EIO)], Ok(()), &"s").is_err());
+        let later = state.finish(vec![], Ok(()), &"/store").unwrap_err();
+        assert!(later.to_string().contains("/store: an earlier flush failed"), "{later}");
+    }
+
+    #[test]
+    fn sync_blocks_visits_every_block_and_collects_failures() {
+        let seen = std::sync::Mutex::new(vec![]);
+        let failures = sync_blocks(&(0..20).collect::<Vec<_>>(), |b| {
+            seen.lock().unwrap().push(b);
+            if b % 7 == 0 { Err(io::Error::from_raw_os_error(libc::EIO)) } else { Ok(()) }
+        });
+        assert_eq!(failures.len(), 3);
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, (0..20).collect::<Vec<_>>());
     }
 }

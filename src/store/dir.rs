@@ -10,14 +10,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const FD_SHARDS: usize = 16;
 const FDS_PER_SHARD: usize = 64;
-/// fsync of many block files runs on this many threads: the disk sees one
-/// deep queue instead of a chain of single flushes.
-const SYNC_THREADS: usize = 8;
 
 pub struct DirStore {
     root: PathBuf,
@@ -27,11 +24,8 @@ pub struct DirStore {
     clock: AtomicU64,
     /// Blocks written since the last sync.
     dirty: Mutex<HashSet<u64>>,
-    /// A block file was created or removed since the last sync.
-    names_dirty: AtomicBool,
-    /// Once an fsync failed, the kernel may have dropped the data: every later
-    /// sync must fail too, or a lost write would look durable.
-    sync_failed: AtomicBool,
+    /// Created/removed files and sticky flush failures.
+    flush: super::blockfile::FlushState,
 }
 
 #[derive(Default)]
@@ -70,8 +64,7 @@ impl DirStore {
             fds: (0..FD_SHARDS).map(|_| Mutex::new(FdShard::default())).collect(),
             clock: AtomicU64::new(0),
             dirty: Mutex::new(HashSet::new()),
-            names_dirty: AtomicBool::new(false),
-            sync_failed: AtomicBool::new(false),
+            flush: Default::default(),
         })
     }
 
@@ -166,7 +159,7 @@ impl DirStore {
         super::blockfile::holds_only_zeros(file, len, &mut vec![0u8; 64 << 10])
     }
 
-    fn fsync_blocks(&self, blocks: &[u64]) -> Vec<(u64, io::Error)> {
+    fn fsync_blocks(&self, blocks: &[u64]) -> Vec<io::Error> {
         let sync_one = |block: u64| -> io::Result<()> {
             // Runs without the block's lock: a descriptor opened here must not
             // enter the cache, or a concurrent delete + re-create could leave
@@ -183,19 +176,7 @@ impl DirStore {
                 Err(e) => Err(e),
             }
         };
-        if blocks.len() <= 1 {
-            return blocks.iter().filter_map(|&b| sync_one(b).err().map(|e| (b, e))).collect();
-        }
-        let per_thread = blocks.len().div_ceil(SYNC_THREADS);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = blocks
-                .chunks(per_thread)
-                .map(|chunk| {
-                    scope.spawn(move || chunk.iter().filter_map(|&b| sync_one(b).err().map(|e| (b, e))).collect::<Vec<_>>())
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-        })
+        super::blockfile::sync_blocks(blocks, sync_one)
     }
 }
 
@@ -289,7 +270,7 @@ impl BlockStore for DirStore {
             if file.metadata()?.len() < self.geometry.block_size() {
                 file.set_len(self.geometry.block_size()).map_err(|e| at(&self.block_path(block), e))?;
             }
-            self.names_dirty.store(true, Ordering::Release);
+            self.flush.names_dirty.store(true, Ordering::Release);
         }
         file.write_all_at(data, offset).map_err(|e| at(&self.block_path(block), e))?;
         self.mark_dirty(block);
@@ -331,30 +312,16 @@ impl BlockStore for DirStore {
             Err(e) => return Err(at(&path, e)),
         }
         lock(&self.dirty).remove(&block);
-        self.names_dirty.store(true, Ordering::Release);
+        self.flush.names_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
         let blocks: Vec<u64> = std::mem::take(&mut *lock(&self.dirty)).into_iter().collect();
-        let names_dirty = self.names_dirty.swap(false, Ordering::AcqRel);
+        let names_dirty = self.flush.take_names_dirty();
         let failures = self.fsync_blocks(&blocks);
         let dir_result = if names_dirty { self.dir.sync_all().map_err(|e| at(&self.root, e)) } else { Ok(()) };
-        if let Some((_, err)) = failures.into_iter().next() {
-            self.sync_failed.store(true, Ordering::Release);
-            return Err(err);
-        }
-        if let Err(err) = dir_result {
-            self.names_dirty.store(true, Ordering::Release);
-            return Err(err);
-        }
-        if self.sync_failed.load(Ordering::Acquire) {
-            return Err(io::Error::other(format!(
-                "{}: an earlier flush of block files failed; data written since mount may be lost",
-                self.root.display()
-            )));
-        }
-        Ok(())
+        self.flush.finish(failures, dir_result, &self.root.display())
     }
 
     fn stored_bytes(&self, block: u64) -> Option<u64> {

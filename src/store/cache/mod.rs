@@ -56,7 +56,6 @@ const CLEAN_SHUTDOWN: &str = "clean-shutdown";
 /// The backend object naming the cache that last mounted the store.
 pub const EPOCH_KEY: &str = "onefs.epoch";
 const FETCH_STRIPES: usize = 64;
-const SYNC_THREADS: usize = 8;
 const COPY_CHUNK: usize = 1 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -277,8 +276,8 @@ struct Inner {
     fetch_locks: Box<[Mutex<()>]>,
     /// Blocks written since the last local sync.
     unsynced: Mutex<HashSet<u64>>,
-    names_dirty: AtomicBool,
-    sync_failed: AtomicBool,
+    /// Created/removed files and sticky flush failures.
+    flush: crate::store::blockfile::FlushState,
     counters: Counters,
     tmp_counter: AtomicU64,
 }
@@ -541,7 +540,7 @@ impl Inner {
             match OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path) {
                 Ok(_) => {
                     e.marked = true;
-                    self.names_dirty.store(true, Ordering::Release);
+                    self.flush.names_dirty.store(true, Ordering::Release);
                 }
                 Err(err) => result = Err(context(path.display(), err)),
             }
@@ -782,42 +781,21 @@ impl Inner {
     /// fsyncs the blocks written since the last sync and the journal.
     fn local_sync(&self) -> io::Result<()> {
         let blocks: Vec<u64> = std::mem::take(&mut *lock(&self.unsynced)).into_iter().collect();
-        let names = self.names_dirty.swap(false, Ordering::AcqRel);
-        let sync_one = |block: u64| -> Option<io::Error> {
+        let names = self.flush.take_names_dirty();
+        let failures = crate::store::blockfile::sync_blocks(&blocks, |block| {
             let path = self.block_path(block);
             match File::open(&path) {
-                Ok(f) => f.sync_data().err().map(|e| context(path.display(), e)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => Some(context(path.display(), e)),
+                Ok(f) => f.sync_data().map_err(|e| context(path.display(), e)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(context(path.display(), e)),
             }
-        };
-        let failures: Vec<io::Error> = if blocks.len() <= 1 {
-            blocks.iter().filter_map(|&b| sync_one(b)).collect()
-        } else {
-            let per = blocks.len().div_ceil(SYNC_THREADS);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> =
-                    blocks.chunks(per).map(|c| scope.spawn(move || c.iter().filter_map(|&b| sync_one(b)).collect::<Vec<_>>())).collect();
-                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-            })
-        };
+        });
         let dirs = if names {
             self.dirty_dir.sync_all().and_then(|()| self.blocks_dir.sync_all()).map_err(|e| context(self.config.dir.display(), e))
         } else {
             Ok(())
         };
-        if let Some(err) = failures.into_iter().next() {
-            self.sync_failed.store(true, Ordering::Release);
-            return Err(err);
-        }
-        if let Err(err) = dirs {
-            self.names_dirty.store(true, Ordering::Release);
-            return Err(err);
-        }
-        if self.sync_failed.load(Ordering::Acquire) {
-            return Err(eio(format!("{}: an earlier flush of cached blocks failed; data written since mount may be lost", self.config.dir.display())));
-        }
-        Ok(())
+        self.flush.finish(failures, dirs, &self.config.dir.display())
     }
 
     fn stats(&self) -> CacheStats {
@@ -944,8 +922,7 @@ impl CacheStore {
             changed: Condvar::new(),
             fetch_locks: (0..FETCH_STRIPES).map(|_| Mutex::new(())).collect(),
             unsynced: Mutex::new(HashSet::new()),
-            names_dirty: AtomicBool::new(false),
-            sync_failed: AtomicBool::new(false),
+            flush: Default::default(),
             counters: Counters::default(),
             tmp_counter: AtomicU64::new(0),
         };
@@ -1200,7 +1177,7 @@ impl BlockStore for CacheStore {
             inner.state().forget_if_idle(block);
             return Err(context(path.display(), err));
         }
-        inner.names_dirty.store(true, Ordering::Release);
+        inner.flush.names_dirty.store(true, Ordering::Release);
         inner.finish_write(block, pin)
     }
 
@@ -1243,7 +1220,7 @@ impl BlockStore for CacheStore {
         };
         let path = inner.block_path(block);
         match fs::remove_file(&path) {
-            Ok(()) => inner.names_dirty.store(true, Ordering::Release),
+            Ok(()) => inner.flush.names_dirty.store(true, Ordering::Release),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(context(path.display(), e)),
         }
