@@ -114,9 +114,9 @@ impl Backing {
         let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{e}"))?;
         match self {
             Backing::Dir { store } => {
-                let dir_store = DirStore::open(&store, geometry)?;
+                let dir_store = Arc::new(DirStore::open(&store, geometry)?);
                 dir_store.remove_temporaries()?;
-                Ok(Stack { store: Arc::new(dir_store), cache: None, remote_lock: None })
+                Ok(Stack { store: dir_store.clone(), dir: Some(dir_store), cache: None, remote_lock: None })
             }
             Backing::Remote { backend, cache } => {
                 let described = backend.describe();
@@ -125,7 +125,7 @@ impl Backing {
                 let cache = Arc::new(
                     CacheStore::open(backend, meta, &cache).map_err(|e| anyhow::anyhow!("cache for {described}: {e}"))?,
                 );
-                Ok(Stack { store: cache.clone(), cache: Some(cache), remote_lock: Some(remote_lock) })
+                Ok(Stack { store: cache.clone(), dir: None, cache: Some(cache), remote_lock: Some(remote_lock) })
             }
         }
     }
@@ -135,11 +135,24 @@ impl Backing {
 /// (to flush and shut down at unmount).
 pub struct Stack {
     pub store: Arc<dyn BlockStore>,
+    /// The directory store, when the image sits on one directly.
+    dir: Option<Arc<DirStore>>,
     pub cache: Option<Arc<CacheStore>>,
     remote_lock: Option<RemoteLock>,
 }
 
 impl Stack {
+    /// Records a clean unmount in a directory store, so the next mount can
+    /// skip rechecking every block file. Call only after a successful final
+    /// flush with the session ended.
+    pub fn mark_clean(&self) {
+        if let Some(dir) = &self.dir {
+            if let Err(err) = dir.mark_clean() {
+                log::warn!("cannot record the clean unmount (the next mount rechecks every block file): {err}");
+            }
+        }
+    }
+
     /// Uploads what the cache holds, shuts it down cleanly and releases the
     /// remote lock.
     pub fn close(&mut self) -> anyhow::Result<()> {

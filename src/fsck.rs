@@ -130,7 +130,7 @@ pub fn command(store: &Path, repair: bool) -> i32 {
 
 /// What one directory entry is.
 enum Entry {
-    /// `onefs.json` or `onefs.lock`.
+    /// `onefs.json`, `onefs.lock` or `onefs.clean`.
     Expected,
     Block(u64, PathBuf),
     Finding(Finding),
@@ -205,7 +205,7 @@ fn classify(geometry: &Geometry, entry: &fs::DirEntry, repair: bool) -> Entry {
     let Some(name) = name.to_str() else {
         return finding(Problem::Stray, "stray file (name is not UTF-8; left alone)".into(), None);
     };
-    if name == META_FILE || name == LOCK_FILE {
+    if name == META_FILE || name == LOCK_FILE || name == crate::store::dir::CLEAN_MARK {
         if is_file {
             return Entry::Expected;
         }

@@ -143,6 +143,8 @@ pub struct Mounted {
     image: Arc<Image>,
     session: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     detached: bool,
+    /// A read-only mount leaves the store exactly as it found it.
+    read_only: bool,
     stack: crate::compose::Stack,
     _lock: StoreLock,
 }
@@ -212,7 +214,7 @@ impl Mounted {
                 result
             })
             .context("cannot start the session thread")?;
-        let mut mounted = Mounted { store, mountpoint, image, session: Some(session), detached: false, stack, _lock: lock };
+        let mut mounted = Mounted { store, mountpoint, image, session: Some(session), detached: false, read_only: spec.options.access.read_only, stack, _lock: lock };
 
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_live(&mounted.mountpoint, &mounted.store) {
@@ -288,6 +290,9 @@ impl Mounted {
         // destroy() flushed already when the kernel said goodbye; flush again
         // in case the session ended without it, and report the outcome.
         let flushed = self.image.sync();
+        if result.is_ok() && flushed.is_ok() && !self.read_only {
+            self.stack.mark_clean();
+        }
         let closed = self.stack.close();
         log::info!("unmounted {} from {}", self.store.display(), self.mountpoint.display());
         result.context("FUSE session failed")?;

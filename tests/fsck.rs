@@ -276,3 +276,31 @@ fn mount_refuses_an_over_long_block_file_and_accepts_a_short_one() {
     assert!(got[700..].iter().all(|&b| b == 0));
     mount.unmount();
 }
+
+#[test]
+fn a_block_file_grown_after_a_clean_unmount_is_refused_when_opened() {
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new();
+    let store = store(&s);
+    let mnt = s.dir("mnt");
+    let mount = OnefsMount::new(&store, &mnt, &[]);
+    pwrite(&mount.disk(), 0, b"first");
+    pwrite(&mount.disk(), 5 * BS as u64, b"sixth");
+    mount.unmount();
+    assert!(store.join("onefs.clean").is_file(), "a clean unmount records itself");
+    let (code, out, err) = fsck(&store, false);
+    assert_eq!(code, 0, "fsck must accept onefs.clean:\n{out}{err}");
+
+    // Grown in place: the directory did not change, so the mount lists names
+    // without re-checking lengths, and the block is refused once opened.
+    let long = store.join("blk-00001");
+    fs::OpenOptions::new().write(true).open(&long).unwrap().set_len(BS as u64 + 1).unwrap();
+    let mount = OnefsMount::new(&store, &mnt, &[]);
+    let disk = fs::File::open(mount.disk()).unwrap();
+    let err = disk.read_at(&mut [0u8; 5], 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(pread(&mount.disk(), 5 * BS as u64, 5), b"sixth", "other blocks still serve");
+    drop(disk);
+    mount.unmount();
+    assert!(line_for(&fsck(&store, false).1, &long).contains("longer than the block size"));
+}
