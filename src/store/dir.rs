@@ -45,6 +45,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Writes at least this large that end a block start its writeback.
+const WRITEBACK_MIN: usize = 128 << 10;
+
 /// Starts writing a block file's dirty pages to disk without waiting.
 ///
 /// Called when a write reaches the end of a block, which is where a stream
@@ -395,7 +398,9 @@ impl BlockStore for DirStore {
         }
         file.write_all_at(data, offset).map_err(|e| at(&self.block_path(block), e))?;
         self.mark_dirty(block);
-        if offset + data.len() as u64 == self.geometry.block_size() {
+        // A stream of large writes, not a small random one that happens to
+        // touch a block's last page.
+        if data.len() >= WRITEBACK_MIN && offset + data.len() as u64 == self.geometry.block_size() {
             start_writeback(&file);
         }
         Ok(())
