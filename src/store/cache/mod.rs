@@ -1078,6 +1078,11 @@ impl Drop for CacheStore {
 impl BlockStore for CacheStore {
     fn list(&self) -> io::Result<Vec<u64>> {
         let inner = &self.inner;
+        // Held across the listing: an upload (or delete) finishing between
+        // the listing and the look at the journal's entries below would
+        // otherwise leave its block out of both, and the image would read it
+        // as zeros. Only the upload workers wait: this runs before serving.
+        let s = inner.state();
         let keys = inner.retrying("list", || inner.backend.list(""))?;
         let mut present = HashSet::new();
         for key in keys {
@@ -1097,7 +1102,6 @@ impl BlockStore for CacheStore {
                 }
             }
         }
-        let s = inner.state();
         for (block, e) in &s.entries {
             if e.dirty {
                 if e.cached {

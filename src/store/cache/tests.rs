@@ -12,6 +12,7 @@ struct TestBackend {
     mem: MemBackend,
     down: AtomicBool,
     delay_ms: AtomicU64,
+    list_delay_ms: AtomicU64,
     puts: AtomicUsize,
     deletes: AtomicUsize,
 }
@@ -52,7 +53,9 @@ impl ObjectBackend for TestBackend {
     }
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         self.check()?;
-        self.mem.list(prefix)
+        let listed = self.mem.list(prefix);
+        std::thread::sleep(Duration::from_millis(self.list_delay_ms.load(Ordering::Relaxed)));
+        listed
     }
 }
 
@@ -158,6 +161,35 @@ fn local_durability_survives_a_crash_and_uploads_on_the_next_start() {
     let mut buf = [0u8; 4];
     img.read(5 * BS + 1, &mut buf).unwrap();
     assert_eq!(&buf, b"tail");
+    store.close().unwrap();
+}
+
+#[test]
+fn journal_uploads_racing_the_opening_listing_lose_no_block() {
+    // Workers start uploading the journal as soon as the cache opens; one
+    // finishing while the image lists the store must not hide its block.
+    let t = Setup::new(8);
+    let config = t.config(Durability::Local, 8, 0);
+    {
+        let (store, img) = t.open(&config);
+        img.write(3 * BS, b"three").unwrap();
+        store.flush().unwrap();
+        t.backend.down.store(true, Ordering::Relaxed);
+        img.write(0, &vec![3u8; BS as usize * 2]).unwrap();
+        img.write(5 * BS + 1, b"tail").unwrap();
+        img.write(3 * BS, &[0u8; 5]).unwrap(); // block 3 now all zeros: its object goes
+        img.sync().unwrap();
+        drop(img);
+        drop(store); // crash
+    }
+    t.backend.down.store(false, Ordering::Relaxed);
+    t.backend.list_delay_ms.store(300, Ordering::Relaxed);
+    let (store, img) = t.open(&config);
+    t.backend.list_delay_ms.store(0, Ordering::Relaxed);
+    let stored: Vec<u64> = (0..8).filter(|&b| img.is_stored(b)).collect();
+    assert_eq!(stored, [0, 1, 5]);
+    store.flush().unwrap();
+    assert_eq!(t.backend.block_keys(), ["d0000/blk-00001", "d0000/blk-00002", "d0000/blk-00006"]);
     store.close().unwrap();
 }
 
