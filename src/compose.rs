@@ -146,10 +146,10 @@ impl Stack {
     /// skip rechecking every block file. Call only after a successful final
     /// flush with the session ended.
     pub fn mark_clean(&self) {
-        if let Some(dir) = &self.dir {
-            if let Err(err) = dir.mark_clean() {
-                log::warn!("cannot record the clean unmount (the next mount rechecks every block file): {err}");
-            }
+        if let Some(dir) = &self.dir
+            && let Err(err) = dir.mark_clean()
+        {
+            log::warn!("cannot record the clean unmount (the next mount rechecks every block file): {err}");
         }
     }
 

@@ -473,9 +473,13 @@ impl Definition {
     }
 }
 
+/// The definitions of a directory: the good ones, and the file name and
+/// error of each broken one.
+pub type Loaded = (Vec<Definition>, Vec<(String, ConfigError)>);
+
 /// Every `*.toml` in `dir`, sorted by name: the good ones, and one error line
 /// for each broken one.
-pub fn load_dir(dir: &Path) -> Result<(Vec<Definition>, Vec<(String, ConfigError)>), ConfigError> {
+pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ConfigError(format!("{}: {e}", dir.display())))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -80,7 +80,7 @@ pub fn clear_dead_mount(path: &Path) -> anyhow::Result<bool> {
 }
 
 fn is_live(mountpoint: &Path, store: &Path) -> bool {
-    let fuse = nix::sys::statfs::statfs(mountpoint).is_ok_and(|s| s.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC);
+    let fuse = nix::sys::statfs::statfs(mountpoint).is_ok_and(|s| s.filesystem_type().0 == FUSE_SUPER_MAGIC);
     fuse && mountinfo::mount_at(mountpoint).is_some_and(|m| m.fstype == FUSE_TYPE && Path::new(&m.source) == store)
 }
 

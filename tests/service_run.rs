@@ -335,6 +335,5 @@ fn onefs_lock_free(store: &Path) -> bool {
     let Ok(file) = std::fs::File::open(store.join("onefs.lock")) else { return true };
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    free
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }

@@ -90,7 +90,7 @@ impl Geometry {
         if size == 0 {
             return Err(GeometryError::ZeroSize);
         }
-        if size % block_size != 0 {
+        if !size.is_multiple_of(block_size) {
             return Err(GeometryError::NotMultiple(size, block_size));
         }
         if size / block_size > MAX_BLOCK_COUNT || size > i64::MAX as u64 {

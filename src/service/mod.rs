@@ -10,7 +10,7 @@
 
 pub mod helper;
 
-use crate::config::{self, ConfigError, Definition};
+use crate::config::{self, Definition};
 use crate::mount::{Mounted, Unmount};
 use anyhow::{Context, bail};
 use log::LevelFilter;
@@ -136,7 +136,7 @@ impl Service {
     }
 
     /// Loads the definitions: the good ones and one line per broken one.
-    fn load(&self) -> anyhow::Result<(Vec<Definition>, Vec<(String, ConfigError)>)> {
+    fn load(&self) -> anyhow::Result<config::Loaded> {
         match &self.source {
             Source::File { file, name } => {
                 let def = Definition::load(file, name.as_deref())?;
@@ -160,7 +160,7 @@ impl Service {
         self.next_id += 1;
         let tx = self.tx.clone();
         let mounted = Mounted::start(&def.spec(), Box::new(move || drop(tx.send(Event::Ended(id)))))
-            .with_context(|| format!("{}", def.name))?;
+            .with_context(|| def.name.clone())?;
         self.failed.remove(&def.name);
         self.active.insert(def.name.clone(), Active { id, def, mounted });
         Ok(())

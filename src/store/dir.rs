@@ -188,10 +188,10 @@ impl DirStore {
         self.check_length(&path, file.metadata().map_err(|e| at(&path, e))?.len())?;
         let file = Arc::new(file);
         let mut shard = lock(self.shard(block));
-        if shard.files.len() >= FDS_PER_SHARD {
-            if let Some(oldest) = shard.files.iter().min_by_key(|(_, (_, used))| *used).map(|(b, _)| *b) {
-                shard.files.remove(&oldest);
-            }
+        if shard.files.len() >= FDS_PER_SHARD
+            && let Some(oldest) = shard.files.iter().min_by_key(|(_, (_, used))| *used).map(|(b, _)| *b)
+        {
+            shard.files.remove(&oldest);
         }
         shard.files.insert(block, (file.clone(), now));
         Ok(file)
@@ -292,7 +292,7 @@ impl DirStore {
         // Created once and rewritten in place afterwards, so writing it does
         // not change the directory it describes.
         let created = !path.exists();
-        let mut file = OpenOptions::new().write(true).create(true).mode(0o644).open(&path).map_err(|e| at(&path, e))?;
+        let mut file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(&path).map_err(|e| at(&path, e))?;
         if created {
             self.dir.sync_all().map_err(|e| at(&self.root, e))?;
         }
