@@ -244,23 +244,24 @@ fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCod
                 println!("{message}");
             })
         }
-        Commands::Status { name, json, config_dir } => {
-            match crate::status::collect(config_dir, name.as_deref()) {
-                Ok(entries) => {
-                    let text = if *json { crate::status::render_json(&entries) } else { crate::status::render_text(&entries) };
-                    print!("{text}");
-                    if name.is_some() && entries.iter().all(|e| e.state != "mounted") {
-                        return Some(ExitCode::from(3));
-                    }
-                    Ok(())
+        Commands::Status { name, json, config_dir } => match crate::status::collect(config_dir, name.as_deref()) {
+            Ok(entries) => {
+                let text =
+                    if *json { crate::status::render_json(&entries) } else { crate::status::render_text(&entries) };
+                print!("{text}");
+                if name.is_some() && entries.iter().all(|e| e.state != "mounted") {
+                    return Some(ExitCode::from(3));
                 }
-                Err(err) => Err(err),
+                Ok(())
             }
-        }
+            Err(err) => Err(err),
+        },
         Commands::Cleanup { name, config, config_dir } => {
             let defs = match (name, config) {
                 (_, Some(file)) => config::Definition::load(file, None).map(|d| vec![d]).map_err(anyhow::Error::from),
-                (Some(name), None) => config::Definition::load_named(config_dir, name).map(|d| vec![d]).map_err(anyhow::Error::from),
+                (Some(name), None) => {
+                    config::Definition::load_named(config_dir, name).map(|d| vec![d]).map_err(anyhow::Error::from)
+                }
                 (None, None) => config::load_dir(config_dir).map(|(good, _)| good).map_err(anyhow::Error::from),
             };
             defs.and_then(|defs| service::cleanup(&defs))
@@ -294,7 +295,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let backend = crate::compose::open_backend(remote)?;
                     (backend.describe(), crate::compose::create_remote(&*backend, size, block_size)?)
                 }
-                (Some(def), _) => (def.store.display().to_string(), crate::create::create(&def.store, size, block_size)?),
+                (Some(def), _) => {
+                    (def.store.display().to_string(), crate::create::create(&def.store, size, block_size)?)
+                }
                 (None, Some(store)) => (store.display().to_string(), crate::create::create(&store, size, block_size)?),
                 (None, None) => bail!("give a STORE directory, --definition NAME or --config FILE"),
             };
@@ -309,7 +312,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Commands::Run { .. } | Commands::Daemon { .. } | Commands::Reload { .. } | Commands::Status { .. } | Commands::Cleanup { .. } => {
+        Commands::Run { .. }
+        | Commands::Daemon { .. }
+        | Commands::Reload { .. }
+        | Commands::Status { .. }
+        | Commands::Cleanup { .. } => {
             bail!("internal error: service commands are handled by service_command")
         }
         Commands::Mount { foreground, options, ready_fd, definition_file, store, mountpoint } => {
@@ -326,7 +333,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     mount::serve(&spec, &mut ReadyPipe(Some(pipe)))
                 }
                 (true, None) => mount::serve(&spec, &mut Foreground),
-                (false, None) => mount_detached(&cli.log_level, &options_text(&spec), &store, &mountpoint, definition_file.as_deref()),
+                (false, None) => mount_detached(
+                    &cli.log_level,
+                    &options_text(&spec),
+                    &store,
+                    &mountpoint,
+                    definition_file.as_deref(),
+                ),
             }
         }
         Commands::BreakLock { name, config: file, config_dir } => {
@@ -336,7 +349,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => bail!("give a definition NAME or --config FILE"),
             };
             let Some(remote) = &def.remote else {
-                bail!("{}: has no [backend]; a store directory's lock is released by the kernel when its onefs exits", def.name);
+                bail!(
+                    "{}: has no [backend]; a store directory's lock is released by the kernel when its onefs exits",
+                    def.name
+                );
             };
             if let Some(holder) = crate::lock::holder(&def.store) {
                 bail!(
@@ -382,17 +398,11 @@ pub(crate) fn mount_detached(
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create pipe")?;
     let exe = std::env::current_exe().context("cannot find the onefs executable")?;
     let mut command = Command::new(exe);
-    command
-        .args(["--log-level", log_level, "mount", "--foreground", "--ready-fd", "3", "-o", options]);
+    command.args(["--log-level", log_level, "mount", "--foreground", "--ready-fd", "3", "-o", options]);
     if let Some(file) = definition_file {
         command.arg("--definition-file").arg(file);
     }
-    command
-        .arg(store)
-        .arg(mountpoint)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    command.arg(store).arg(mountpoint).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let write_fd = write_end.as_raw_fd();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {

@@ -70,7 +70,12 @@ pub fn create_if_empty(def: &BackendDef, size: u64, block_size: u64, name: &str)
         return Ok(false);
     }
     let meta = create_remote(&*backend, size, block_size)?;
-    log::info!("created {} (id {}) for {name}: disk.img of {}", backend.describe(), meta.id, crate::core::size::Size(meta.size));
+    log::info!(
+        "created {} (id {}) for {name}: disk.img of {}",
+        backend.describe(),
+        meta.id,
+        crate::core::size::Size(meta.size)
+    );
     Ok(true)
 }
 
@@ -123,7 +128,8 @@ impl Backing {
                 clear_own_dead_lock(&*backend)?;
                 let remote_lock = RemoteLock::acquire(backend.clone(), mountpoint)?;
                 let cache = Arc::new(
-                    CacheStore::open(backend, meta, &cache).map_err(|e| anyhow::anyhow!("cache for {described}: {e}"))?,
+                    CacheStore::open(backend, meta, &cache)
+                        .map_err(|e| anyhow::anyhow!("cache for {described}: {e}"))?,
                 );
                 Ok(Stack { store: cache.clone(), dir: None, cache: Some(cache), remote_lock: Some(remote_lock) })
             }
@@ -174,7 +180,8 @@ fn this_host() -> String {
 }
 
 fn onefs_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "onefs" || c.starts_with("mount."))
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim_end() == "onefs" || c.starts_with("mount."))
 }
 
 /// A lock left by an onefs of this host that is gone (killed, crashed) is
@@ -197,9 +204,16 @@ fn clear_own_dead_lock(backend: &dyn ObjectBackend) -> anyhow::Result<()> {
 /// says who held it.
 pub fn break_lock(def: &BackendDef) -> anyhow::Result<String> {
     let backend = open_backend(def)?;
-    let held = RemoteLock::break_lock(&*backend).with_context(|| format!("{}: cannot break the lock", backend.describe()))?;
+    let held =
+        RemoteLock::break_lock(&*backend).with_context(|| format!("{}: cannot break the lock", backend.describe()))?;
     Ok(match held {
-        Some(info) => format!("{}: broke the lock of {} pid {} (mountpoint {})", backend.describe(), info.holder, info.pid, info.mountpoint),
+        Some(info) => format!(
+            "{}: broke the lock of {} pid {} (mountpoint {})",
+            backend.describe(),
+            info.holder,
+            info.pid,
+            info.mountpoint
+        ),
         None => format!("{}: there was no lock", backend.describe()),
     })
 }

@@ -59,7 +59,9 @@ pub struct Definition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendDef {
     /// Objects as files under a local (or NFS) directory.
-    Dir { path: PathBuf },
+    Dir {
+        path: PathBuf,
+    },
     S3(crate::backend::S3Config),
     Rclone(crate::backend::RcloneConfig),
 }
@@ -216,7 +218,11 @@ impl<'a, 't> Table<'a, 't> {
 
     /// The first key (in file order) that nobody asked for.
     fn finish(&self, known: &str) -> Result<(), ConfigError> {
-        let unknown = self.table.iter().filter(|(k, _)| !self.taken.contains(&k.get_ref().as_ref())).min_by_key(|(k, _)| k.span().start);
+        let unknown = self
+            .table
+            .iter()
+            .filter(|(k, _)| !self.taken.contains(&k.get_ref().as_ref()))
+            .min_by_key(|(k, _)| k.span().start);
         match unknown {
             None => Ok(()),
             Some((k, _)) => Err(self.error(k.span(), k.get_ref(), format!("unknown key (known keys: {known})"))),
@@ -224,7 +230,8 @@ impl<'a, 't> Table<'a, 't> {
     }
 }
 
-const TOP_KEYS: &str = "store, mountpoint, read_only, allow_other, uid, gid, mode, threads, log_level, [create], [backend], [cache]";
+const TOP_KEYS: &str =
+    "store, mountpoint, read_only, allow_other, uid, gid, mode, threads, log_level, [create], [backend], [cache]";
 const CREATE_KEYS: &str = "size, block_size";
 const CACHE_KEYS: &str = "dir, size, durability, upload_workers, upload_delay, retry_timeout";
 const BACKEND_TYPES: &str = "\"dir\", \"s3\", \"rclone\"";
@@ -244,11 +251,16 @@ enum TaggedBackend {
 }
 
 impl<'a, 't> Table<'a, 't> {
-    fn duration(&mut self, key: &'static str, default: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
+    fn duration(
+        &mut self,
+        key: &'static str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
         match self.string(key)? {
             None => Ok(default),
-            Some((text, span)) => humantime::parse_duration(&text)
-                .map_err(|e| self.error(span, key, format!("{text:?} is not a duration such as \"2s\" or \"500ms\": {e}"))),
+            Some((text, span)) => humantime::parse_duration(&text).map_err(|e| {
+                self.error(span, key, format!("{text:?} is not a duration such as \"2s\" or \"500ms\": {e}"))
+            }),
         }
     }
 }
@@ -260,7 +272,10 @@ fn parse_remote(top: &mut Table<'_, '_>, text: &str, file: &Path) -> Result<Opti
     let cache_table = top.sub_table("cache")?;
     let Some((table, line)) = backend_table else {
         if let Some((_, line)) = cache_table {
-            return Err(ConfigError(format!("{}:{line}: [cache] needs a [backend] (a plain `store` directory is not cached)", file.display())));
+            return Err(ConfigError(format!(
+                "{}:{line}: [cache] needs a [backend] (a plain `store` directory is not cached)",
+                file.display()
+            )));
         }
         return Ok(None);
     };
@@ -275,7 +290,11 @@ fn parse_remote(top: &mut Table<'_, '_>, text: &str, file: &Path) -> Result<Opti
         "s3" | "rclone" => {
             let parsed: BackendOnly = toml::from_str(text).map_err(|e| {
                 let at = e.span().map(|s| line_of(text, s.start)).unwrap_or(line);
-                ConfigError(format!("{}:{at}: [backend] type {kind:?}: {}", file.display(), e.message().trim().replace('\n', " ")))
+                ConfigError(format!(
+                    "{}:{at}: [backend] type {kind:?}: {}",
+                    file.display(),
+                    e.message().trim().replace('\n', " ")
+                ))
             })?;
             match parsed.backend {
                 TaggedBackend::S3(c) => BackendDef::S3(c),
@@ -323,13 +342,17 @@ impl Definition {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
             ConfigError(format!("{}:{line}: {}", file.display(), e.message().trim().replace('\n', " ")))
         })?;
-        let mut top = Table { file, text, prefix: "", line: 1, table: doc.get_ref(), taken: vec![], };
+        let mut top = Table { file, text, prefix: "", line: 1, table: doc.get_ref(), taken: vec![] };
         let remote = parse_remote(&mut top, text, file)?;
         let store = match &remote {
             None => top.path("store")?,
             Some(remote) => {
                 if let Some((_, span)) = top.string("store")? {
-                    return Err(top.error(span, "store", "not with [backend]: blocks go to the backend, cached in [cache] dir"));
+                    return Err(top.error(
+                        span,
+                        "store",
+                        "not with [backend]: blocks go to the backend, cached in [cache] dir",
+                    ));
                 }
                 remote.cache.dir.clone()
             }
@@ -362,7 +385,8 @@ impl Definition {
             }
             option(&mut top, "mode", format!("mode={mode}"), span)?;
         }
-        let options = MountOptions::parse(&items.join(",")).map_err(|e| ConfigError(format!("{}: {e}", file.display())))?;
+        let options =
+            MountOptions::parse(&items.join(",")).map_err(|e| ConfigError(format!("{}: {e}", file.display())))?;
 
         let log_level = match top.string("log_level")? {
             None => None,
@@ -389,7 +413,16 @@ impl Definition {
             }
         };
         top.finish(TOP_KEYS)?;
-        Ok(Self { name: name.to_string(), file: file.to_path_buf(), store, mountpoint, options, create, log_level, remote })
+        Ok(Self {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            store,
+            mountpoint,
+            options,
+            create,
+            log_level,
+            remote,
+        })
     }
 
     /// Reads a definition file; its name is the file's stem unless given.
@@ -492,19 +525,25 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
         match Definition::load(&file, None) {
             Ok(def) => {
                 if let Some(other) = good.iter().find(|d| d.store == def.store) {
-                    bad.push((name, ConfigError(format!(
-                        "{}: store {} is already used by {}",
-                        file.display(),
-                        def.store.display(),
-                        other.file.display()
-                    ))));
+                    bad.push((
+                        name,
+                        ConfigError(format!(
+                            "{}: store {} is already used by {}",
+                            file.display(),
+                            def.store.display(),
+                            other.file.display()
+                        )),
+                    ));
                 } else if let Some(other) = good.iter().find(|d| d.mountpoint == def.mountpoint) {
-                    bad.push((name, ConfigError(format!(
-                        "{}: mountpoint {} is already used by {}",
-                        file.display(),
-                        def.mountpoint.display(),
-                        other.file.display()
-                    ))));
+                    bad.push((
+                        name,
+                        ConfigError(format!(
+                            "{}: mountpoint {} is already used by {}",
+                            file.display(),
+                            def.mountpoint.display(),
+                            other.file.display()
+                        )),
+                    ));
                 } else {
                     good.push(def);
                 }
@@ -562,20 +601,53 @@ block_size = "4M"
     fn errors_are_one_line_naming_file_line_and_key() {
         let cases = [
             ("store = \"/s\"\nmountpoint = \"/m\"\nbogus = 1\n", "data.toml:3: key `bogus`: unknown key"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\nread_only = \"yes\"\n", "data.toml:3: key `read_only`: expected true or false, found string"),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\nread_only = \"yes\"\n",
+                "data.toml:3: key `read_only`: expected true or false, found string",
+            ),
             ("store = \"/s\"\n", "data.toml:1: missing required key `mountpoint`"),
             ("store = 5\nmountpoint = \"/m\"\n", "data.toml:1: key `store`: expected a string, found integer"),
             ("store = \"rel\"\nmountpoint = \"/m\"\n", "data.toml:1: key `store`: \"rel\" is not an absolute path"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\nmode = \"999\"\n", "data.toml:3: key `mode`: \"999\" is not an octal mode"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\nmode = \"1777\"\n", "data.toml:3: key `mode`: mount option mode=1777: mode must be at most 0777"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\nthreads = 0\n", "data.toml:3: key `threads`: mount option threads=0"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\nuid = -1\n", "data.toml:3: key `uid`: -1 is not a non-negative integer"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\nlog_level = \"loud\"\n", "data.toml:3: key `log_level`: \"loud\" is not one of"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\n[create]\nblock_size = \"4M\"\n", "data.toml:3: missing required key `create.size`"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\n[create]\nsize = \"1T\"\nsparse = true\n", "data.toml:5: key `create.sparse`: unknown key"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\n[create]\nsize = \"1X\"\n", "data.toml:4: key `create.size`: \"1X\" has an unknown suffix"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\n[create]\nsize = \"1T\"\nblock_size = \"3000\"\n", "data.toml:5: key `create.block_size`"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\ncreate = 1\n", "data.toml:3: key `create`: expected a table, found integer"),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\nmode = \"999\"\n",
+                "data.toml:3: key `mode`: \"999\" is not an octal mode",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\nmode = \"1777\"\n",
+                "data.toml:3: key `mode`: mount option mode=1777: mode must be at most 0777",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\nthreads = 0\n",
+                "data.toml:3: key `threads`: mount option threads=0",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\nuid = -1\n",
+                "data.toml:3: key `uid`: -1 is not a non-negative integer",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\nlog_level = \"loud\"\n",
+                "data.toml:3: key `log_level`: \"loud\" is not one of",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\n[create]\nblock_size = \"4M\"\n",
+                "data.toml:3: missing required key `create.size`",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\n[create]\nsize = \"1T\"\nsparse = true\n",
+                "data.toml:5: key `create.sparse`: unknown key",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\n[create]\nsize = \"1X\"\n",
+                "data.toml:4: key `create.size`: \"1X\" has an unknown suffix",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\n[create]\nsize = \"1T\"\nblock_size = \"3000\"\n",
+                "data.toml:5: key `create.block_size`",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\ncreate = 1\n",
+                "data.toml:3: key `create`: expected a table, found integer",
+            ),
             ("store = \"/s\"\nmountpoint = \n", "data.toml:2: "),
         ];
         for (text, expected) in cases {
@@ -597,15 +669,36 @@ block_size = "4M"
         let d = parse("mountpoint = \"/m\"\n[backend]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"b\"\n[cache]\ndir = \"/c\"\n").unwrap();
         assert!(matches!(d.remote.unwrap().backend, BackendDef::S3(c) if c.bucket == "b"));
         let cases = [
-            ("mountpoint = \"/m\"\n[backend]\ntype = \"ftp\"\n[cache]\ndir = \"/c\"\n", "data.toml:3: key `backend.type`: \"ftp\" is not one of"),
+            (
+                "mountpoint = \"/m\"\n[backend]\ntype = \"ftp\"\n[cache]\ndir = \"/c\"\n",
+                "data.toml:3: key `backend.type`: \"ftp\" is not one of",
+            ),
             ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n", "[backend] needs a [cache]"),
             ("store = \"/s\"\nmountpoint = \"/m\"\n[cache]\ndir = \"/c\"\n", "[cache] needs a [backend]"),
-            ("store = \"/s\"\nmountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\n", "data.toml:1: key `store`: not with [backend]"),
-            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\ndurability = \"sync\"\n", "data.toml:7: key `cache.durability`"),
-            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\nupload_delay = \"soon\"\n", "data.toml:7: key `cache.upload_delay`"),
-            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\nupload_workers = 0\n", "key `cache.upload_workers`: 0 is not between 1 and 64"),
-            ("mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\nbucket = \"x\"\n[cache]\ndir = \"/c\"\n", "key `backend.bucket`: unknown key"),
-            ("mountpoint = \"/m\"\n[backend]\ntype = \"s3\"\nendpoint = \"http://x\"\nbucket = \"b\"\nsecret = \"no\"\n[cache]\ndir = \"/c\"\n", "[backend] type \"s3\": unknown field `secret`"),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\n",
+                "data.toml:1: key `store`: not with [backend]",
+            ),
+            (
+                "mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\ndurability = \"sync\"\n",
+                "data.toml:7: key `cache.durability`",
+            ),
+            (
+                "mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\nupload_delay = \"soon\"\n",
+                "data.toml:7: key `cache.upload_delay`",
+            ),
+            (
+                "mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\n[cache]\ndir = \"/c\"\nupload_workers = 0\n",
+                "key `cache.upload_workers`: 0 is not between 1 and 64",
+            ),
+            (
+                "mountpoint = \"/m\"\n[backend]\ntype = \"dir\"\npath = \"/o\"\nbucket = \"x\"\n[cache]\ndir = \"/c\"\n",
+                "key `backend.bucket`: unknown key",
+            ),
+            (
+                "mountpoint = \"/m\"\n[backend]\ntype = \"s3\"\nendpoint = \"http://x\"\nbucket = \"b\"\nsecret = \"no\"\n[cache]\ndir = \"/c\"\n",
+                "[backend] type \"s3\": unknown field `secret`",
+            ),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

@@ -14,7 +14,10 @@ pub fn create(store: &Path, size: u64, block_size: u64) -> anyhow::Result<Meta> 
             let mut entries = fs::read_dir(store).with_context(|| format!("{}: cannot list", store.display()))?;
             if let Some(entry) = entries.next() {
                 let name = entry.map(|e| e.file_name().to_string_lossy().into_owned()).unwrap_or_default();
-                bail!("{}: store is not empty (it holds {name:?}); onefs creates images only in an empty directory", store.display());
+                bail!(
+                    "{}: store is not empty (it holds {name:?}); onefs creates images only in an empty directory",
+                    store.display()
+                );
             }
         }
         Ok(_) => bail!("{}: exists and is not a directory", store.display()),

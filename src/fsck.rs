@@ -9,8 +9,8 @@
 //!
 //! The store lock is held for the whole check, so no mount starts meanwhile.
 
-use crate::core::size::{Approx, Size};
 use crate::core::Geometry;
+use crate::core::size::{Approx, Size};
 use crate::lock::{LOCK_FILE, StoreLock};
 use crate::meta::{META_FILE, Meta};
 use std::fs::{self, File};
@@ -201,7 +201,8 @@ fn classify(geometry: &Geometry, entry: &fs::DirEntry, repair: bool) -> Entry {
     let name = entry.file_name();
     let file_type = entry.file_type().ok();
     let is_file = file_type.is_some_and(|t| t.is_file());
-    let finding = |problem, detail: String, repair| Entry::Finding(Finding { path: path.clone(), problem, detail, repair });
+    let finding =
+        |problem, detail: String, repair| Entry::Finding(Finding { path: path.clone(), problem, detail, repair });
     let Some(name) = name.to_str() else {
         return finding(Problem::Stray, "stray file (name is not UTF-8; left alone)".into(), None);
     };
@@ -247,7 +248,12 @@ struct BlockOutcome {
 fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -> BlockOutcome {
     let unreadable = |e: io::Error| BlockOutcome {
         stored: None,
-        findings: vec![Finding { path: path.to_path_buf(), problem: Problem::Unreadable, detail: format!("cannot check: {e}"), repair: None }],
+        findings: vec![Finding {
+            path: path.to_path_buf(),
+            problem: Problem::Unreadable,
+            detail: format!("cannot check: {e}"),
+            repair: None,
+        }],
     };
     let file = match fs::OpenOptions::new().read(true).write(repair).open(path) {
         Ok(file) => file,

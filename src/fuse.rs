@@ -386,7 +386,9 @@ impl Filesystem for OnefsFs {
                 self.touch();
                 reply.ok()
             }
-            Err(err) => reply.error(self.failed(format_args!("fallocate mode {mode:#x} {length} bytes at {offset}"), &err)),
+            Err(err) => {
+                reply.error(self.failed(format_args!("fallocate mode {mode:#x} {length} bytes at {offset}"), &err))
+            }
         }
     }
 
@@ -425,7 +427,16 @@ impl Filesystem for OnefsFs {
     fn rmdir(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::EPERM);
     }
-    fn rename(&self, _: &Request, _: INodeNo, _: &OsStr, _: INodeNo, _: &OsStr, _: fuser::RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        _: &Request,
+        _: INodeNo,
+        _: &OsStr,
+        _: INodeNo,
+        _: &OsStr,
+        _: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         reply.error(Errno::EPERM);
     }
 }

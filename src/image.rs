@@ -164,12 +164,8 @@ impl Image {
         while let Some(block) = next.filter(|&b| b <= last) {
             let start = self.geometry.block_start(block).max(offset);
             let stop = (self.geometry.block_start(block) + self.geometry.block_size()).min(end);
-            let seg = Segment {
-                block,
-                offset: start - self.geometry.block_start(block),
-                len: stop - start,
-                buf_offset: 0,
-            };
+            let seg =
+                Segment { block, offset: start - self.geometry.block_start(block), len: stop - start, buf_offset: 0 };
             self.zero_segment(seg)?;
             next = self.map.next_present(block + 1);
         }
@@ -311,7 +307,11 @@ mod tests {
     fn op(size: u64) -> impl Strategy<Value = Op> {
         let off = 0..size + BS;
         prop_oneof![
-            (off.clone(), 1..3 * BS as usize, 1u8..=255).prop_map(|(offset, len, byte)| Op::Write { offset, len, byte }),
+            (off.clone(), 1..3 * BS as usize, 1u8..=255).prop_map(|(offset, len, byte)| Op::Write {
+                offset,
+                len,
+                byte
+            }),
             (off.clone(), 1..3 * BS as usize).prop_map(|(offset, len)| Op::Zero { offset, len }),
             (off.clone(), 0..3 * BS).prop_map(|(offset, len)| Op::Punch { offset, len }),
             (off.clone(), 0..3 * BS as usize).prop_map(|(offset, len)| Op::Read { offset, len }),

@@ -73,15 +73,10 @@ pub fn current_unit() -> Option<String> {
 
 fn unit_from_cgroup(text: &str) -> Option<String> {
     // Prefer systemd's own hierarchy (v1 name=systemd, or the v2 line "0::").
-    let line = text
-        .lines()
-        .find(|l| l.contains(":name=systemd:"))
-        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
+    let line =
+        text.lines().find(|l| l.contains(":name=systemd:")).or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
     let path = line.splitn(3, ':').nth(2)?;
-    path.split('/')
-        .rev()
-        .find(|c| [".service", ".mount"].iter().any(|s| c.ends_with(s)))
-        .map(str::to_string)
+    path.split('/').rev().find(|c| [".service", ".mount"].iter().any(|s| c.ends_with(s))).map(str::to_string)
 }
 
 /// Who holds the lock of `store`, if a live onefs process does.
@@ -128,14 +123,18 @@ impl StoreLock {
     /// waited for, up to [`RELEASE_WAIT`].
     pub fn acquire(store: &Path, mountpoint: &Path) -> anyhow::Result<Self> {
         let path = store.join(LOCK_FILE);
-        let mut file = open_lock_file(&path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
+        let mut file =
+            open_lock_file(&path).map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
         let started = Instant::now();
         let mut announced = false;
         while !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
             let holder = read_holder(&mut file);
             if holder.fsck {
-                anyhow::bail!("store {} is being checked {}; mount it when the check has finished", store.display(), holder.describe());
+                anyhow::bail!(
+                    "store {} is being checked {}; mount it when the check has finished",
+                    store.display(),
+                    holder.describe()
+                );
             }
             let still_mounted = holder
                 .mountpoint
@@ -158,7 +157,11 @@ impl StoreLock {
                 );
             }
             if !announced {
-                log::info!("waiting up to {}s for the previous onefs {} to finish", RELEASE_WAIT.as_secs(), holder.describe());
+                log::info!(
+                    "waiting up to {}s for the previous onefs {} to finish",
+                    RELEASE_WAIT.as_secs(),
+                    holder.describe()
+                );
                 announced = true;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -183,7 +186,8 @@ impl StoreLock {
         let (mut file, writable) = match opened {
             Ok(file) => (file, true),
             Err(e) if !write && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
-                let file = File::open(&path).map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
+                let file =
+                    File::open(&path).map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
                 (file, false)
             }
             Err(e) => anyhow::bail!("{}: cannot open lock file: {e}", path.display()),
@@ -214,7 +218,10 @@ mod tests {
     fn unit_comes_from_the_systemd_cgroup() {
         let v1 = "12:pids:/system.slice/onefs@data.service\n1:name=systemd:/system.slice/onefs@data.service\n0::/system.slice/onefs@data.service\n";
         assert_eq!(unit_from_cgroup(v1).as_deref(), Some("onefs@data.service"));
-        assert_eq!(unit_from_cgroup("0::/system.slice/srv-onefs-data.mount\n").as_deref(), Some("srv-onefs-data.mount"));
+        assert_eq!(
+            unit_from_cgroup("0::/system.slice/srv-onefs-data.mount\n").as_deref(),
+            Some("srv-onefs-data.mount")
+        );
         assert_eq!(unit_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), None);
         assert_eq!(unit_from_cgroup("0::/\n"), None);
     }

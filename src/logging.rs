@@ -92,7 +92,10 @@ impl Log for Logger {
     fn log(&self, record: &Record) {
         // fuser warns "Unmount failed" when it finds the mount already gone:
         // onefs unmounted it itself (and reports its own failures).
-        if record.target().starts_with("fuser") && record.args().to_string().starts_with("Unmount failed") && level() < LevelFilter::Debug {
+        if record.target().starts_with("fuser")
+            && record.args().to_string().starts_with("Unmount failed")
+            && level() < LevelFilter::Debug
+        {
             return;
         }
         self.write(record)
@@ -137,5 +140,4 @@ impl Logger {
             }
         }
     }
-
 }

@@ -87,7 +87,10 @@ impl Meta {
         let invalid = |reason: String| MetaError::Invalid { path: path_s.clone(), reason };
         let probe: Probe = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if probe.format.as_deref() != Some(FORMAT) {
-            return Err(invalid(format!("\"format\" is {:?}, expected \"{FORMAT}\"", probe.format.unwrap_or_default())));
+            return Err(invalid(format!(
+                "\"format\" is {:?}, expected \"{FORMAT}\"",
+                probe.format.unwrap_or_default()
+            )));
         }
         match probe.version {
             None => return Err(invalid("missing \"version\"".into())),
@@ -118,7 +121,8 @@ impl Meta {
     /// Reads `STORE/onefs.json`.
     pub fn load(store: &Path) -> Result<Self, MetaError> {
         let path = store.join(META_FILE);
-        let text = fs::read_to_string(&path).map_err(|source| MetaError::Io { path: path.display().to_string(), source })?;
+        let text =
+            fs::read_to_string(&path).map_err(|source| MetaError::Io { path: path.display().to_string(), source })?;
         Self::parse(&text, &path)
     }
 
@@ -133,12 +137,8 @@ impl Meta {
         let path = store.join(META_FILE);
         let tmp = store.join(format!(".{META_FILE}.tmp"));
         let ctx = |p: &Path, e: io::Error| crate::errors::context(p.display(), e);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(|e| ctx(&tmp, e))?;
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp).map_err(|e| ctx(&tmp, e))?;
         let written = file.write_all(self.to_json().as_bytes()).and_then(|()| file.sync_all());
         drop(file);
         let linked = written.and_then(|()| fs::hard_link(&tmp, &path));
@@ -166,7 +166,10 @@ mod tests {
 
     #[test]
     fn refuses_future_versions_clearly() {
-        let text = sample().to_json().replace("\"version\": 1", "\"version\": 2").replace("\"size\"", "\"new_field\": 1, \"size\"");
+        let text = sample()
+            .to_json()
+            .replace("\"version\": 1", "\"version\": 2")
+            .replace("\"size\"", "\"new_field\": 1, \"size\"");
         let err = Meta::parse(&text, Path::new("/s/onefs.json")).unwrap_err().to_string();
         assert!(err.contains("/s/onefs.json") && err.contains("version 2 is newer"), "{err}");
     }

@@ -60,7 +60,12 @@ pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
                 by += &format!(" of unit {unit}");
             }
         }
-        bail!("mountpoint {} is already a mount point ({} from {}{by})", path.display(), existing.fstype, existing.source);
+        bail!(
+            "mountpoint {} is already a mount point ({} from {}{by})",
+            path.display(),
+            existing.fstype,
+            existing.source
+        );
     }
     Ok(path)
 }
@@ -72,7 +77,8 @@ pub fn clear_dead_mount(path: &Path) -> anyhow::Result<bool> {
     // statfs, not stat: stat may answer from the attribute cache for a second.
     match nix::sys::statfs::statfs(path) {
         Err(nix::errno::Errno::ENOTCONN) => {
-            umount2(path, MntFlags::MNT_DETACH).with_context(|| format!("{}: cannot clear dead mount", path.display()))?;
+            umount2(path, MntFlags::MNT_DETACH)
+                .with_context(|| format!("{}: cannot clear dead mount", path.display()))?;
             Ok(true)
         }
         _ => Ok(false),
@@ -214,7 +220,16 @@ impl Mounted {
                 result
             })
             .context("cannot start the session thread")?;
-        let mut mounted = Mounted { store, mountpoint, image, session: Some(session), detached: false, read_only: spec.options.access.read_only, stack, _lock: lock };
+        let mut mounted = Mounted {
+            store,
+            mountpoint,
+            image,
+            session: Some(session),
+            detached: false,
+            read_only: spec.options.access.read_only,
+            stack,
+            _lock: lock,
+        };
 
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_live(&mounted.mountpoint, &mounted.store) {

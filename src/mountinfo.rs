@@ -35,7 +35,11 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let mut right = right.split(' ');
             let fstype = right.next()?;
             let source = right.next().unwrap_or("");
-            Some(MountEntry { mountpoint: PathBuf::from(unescape(mountpoint)), fstype: fstype.into(), source: unescape(source) })
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape(mountpoint)),
+                fstype: fstype.into(),
+                source: unescape(source),
+            })
         })
         .collect()
 }

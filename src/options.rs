@@ -75,7 +75,8 @@ mod tests {
 
     #[test]
     fn parses_known_options() {
-        let o = MountOptions::parse("ro,allow_other,uid=1000,gid=100,mode=0640,threads=4,_netdev,x-systemd.requires=a").unwrap();
+        let o = MountOptions::parse("ro,allow_other,uid=1000,gid=100,mode=0640,threads=4,_netdev,x-systemd.requires=a")
+            .unwrap();
         assert!(o.access.read_only && o.allow_other);
         assert_eq!((o.access.uid, o.access.gid, o.access.mode, o.threads), (1000, 100, 0o640, 4));
         assert_eq!(MountOptions::parse("").unwrap(), MountOptions::default());

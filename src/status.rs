@@ -165,7 +165,13 @@ pub fn render_text(entries: &[Entry]) -> String {
             );
         }
         if let (Some(c), Some(size), Some(bs)) = (&e.cache, e.size, e.block_size) {
-            out += &format!("  disk.img {} in blocks of {}, in {} ({} durability)\n", Size(size), Size(bs), c.backend, c.durability);
+            out += &format!(
+                "  disk.img {} in blocks of {}, in {} ({} durability)\n",
+                Size(size),
+                Size(bs),
+                c.backend,
+                c.durability
+            );
             let rate = c.hit_rate().map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| "-".into());
             out += &format!(
                 "  cache: {} of {} ({} blocks), hit rate {rate}, {} dirty blocks, upload queue {} (+{} uploading), {} uploaded\n",
@@ -178,7 +184,10 @@ pub fn render_text(entries: &[Entry]) -> String {
                 Approx(c.uploaded_bytes)
             );
             if let Some(secs) = c.failing_for {
-                out += &format!("  backend failing for {secs}s ({} errors); dirty blocks stay in the cache\n", c.backend_errors);
+                out += &format!(
+                    "  backend failing for {secs}s ({} errors); dirty blocks stay in the cache\n",
+                    c.backend_errors
+                );
             }
         }
         if let Some(err) = &e.error {

@@ -16,7 +16,13 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 }
 
 fn config(remote: &str) -> RcloneConfig {
-    RcloneConfig { remote: remote.into(), rclone_config: None, rclone: Some(rclone_bin()), args: vec![], timeout: Some(60) }
+    RcloneConfig {
+        remote: remote.into(),
+        rclone_config: None,
+        rclone: Some(rclone_bin()),
+        args: vec![],
+        timeout: Some(60),
+    }
 }
 
 /// An empty rclone config file, so the user's own remotes play no part.
@@ -63,7 +69,10 @@ fn put_get_list_delete_on_a_local_remote() {
     let mtime = std::fs::metadata(data.join("d0000/blk-000002")).unwrap().modified().unwrap();
     std::fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
     b.put_file("d0000/blk-000002", &file).unwrap();
-    assert!(b.get("d0000/blk-000002").unwrap() == Some(pattern(4, 4 << 20)), "an equal-looking block is still uploaded");
+    assert!(
+        b.get("d0000/blk-000002").unwrap() == Some(pattern(4, 4 << 20)),
+        "an equal-looking block is still uploaded"
+    );
 
     b.put("d0001/blk-001001", b"x").unwrap();
     let mut keys = b.list("").unwrap();
@@ -83,7 +92,10 @@ fn put_get_list_delete_on_a_local_remote() {
     // Dropping the backend stops its rcd and removes its runtime directory.
     let pid = b.rcd_pid().expect("running") as i32;
     drop(b);
-    assert!(wait_until(Duration::from_secs(5), || unsafe { libc::kill(pid, 0) } != 0), "rcd {pid} outlived its backend");
+    assert!(
+        wait_until(Duration::from_secs(5), || unsafe { libc::kill(pid, 0) } != 0),
+        "rcd {pid} outlived its backend"
+    );
 }
 
 #[test]
@@ -120,7 +132,10 @@ fn missing_old_and_misconfigured_rclone_are_one_clear_line() {
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
     c.rclone = Some(old.clone());
     let err = RcloneBackend::new(&c).err().expect("old rclone").to_string();
-    assert!(err.contains(&old.display().to_string()) && err.contains("v1.60.1") && err.contains("1.65 or newer"), "{err}");
+    assert!(
+        err.contains(&old.display().to_string()) && err.contains("v1.60.1") && err.contains("1.65 or newer"),
+        "{err}"
+    );
 
     let mut c = config("nosuchremote:onefs/data");
     c.rclone_config = Some(empty_conf(dir.path()));
@@ -187,7 +202,11 @@ fn the_remote_lock_works_over_rclone() {
     c.rclone_config = Some(empty_conf(dir.path()));
     let host_a: Arc<dyn ObjectBackend> = Arc::new(RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}")));
     let host_b: Arc<dyn ObjectBackend> = Arc::new(RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}")));
-    let timing = LockTiming { stale: Duration::from_secs(3), heartbeat: Duration::from_millis(200), settle: Duration::from_millis(100) };
+    let timing = LockTiming {
+        stale: Duration::from_secs(3),
+        heartbeat: Duration::from_millis(200),
+        settle: Duration::from_millis(100),
+    };
     let a = RemoteLock::acquire_with(host_a.clone(), Path::new("/srv/a"), timing).unwrap();
     let err = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).err().unwrap().to_string();
     assert!(err.contains("is mounted by") && err.contains("at /srv/a"), "{err}");

@@ -64,7 +64,8 @@ fn listing_follows_continuation_pages() {
     let garage = Garage::start();
     let mut b = garage.backend("paged");
     b.set_page_size(7);
-    let mut expected: Vec<String> = (0..45u64).map(|n| block_key(n * 100, &format!("blk-{:06}", n * 100 + 1))).collect();
+    let mut expected: Vec<String> =
+        (0..45u64).map(|n| block_key(n * 100, &format!("blk-{:06}", n * 100 + 1))).collect();
     std::thread::scope(|s| {
         for chunk in expected.chunks(12) {
             let b = &b;
@@ -127,7 +128,12 @@ fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
     b.set_retry(Retry { attempts: 3, first: Duration::from_millis(20), max: Duration::from_millis(20) });
     let err = b.get("d0000/blk-000001").unwrap_err();
     let text = err.to_string();
-    assert!(text.contains(&garage.endpoint) && text.contains("GET outage/d0000/blk-000001") && text.contains("gave up after 3 attempts"), "{text}");
+    assert!(
+        text.contains(&garage.endpoint)
+            && text.contains("GET outage/d0000/blk-000001")
+            && text.contains("gave up after 3 attempts"),
+        "{text}"
+    );
     assert_eq!(onefs::errors::errno(&err), libc::EIO, "a backend that stays down is EIO");
 }
 
@@ -138,13 +144,20 @@ fn the_remote_lock_admits_one_mount_and_can_be_broken() {
     use std::path::Path;
     use std::sync::Arc;
     let garage = Garage::start();
-    let timing = LockTiming { stale: Duration::from_secs(3), heartbeat: Duration::from_millis(200), settle: Duration::from_millis(100) };
+    let timing = LockTiming {
+        stale: Duration::from_secs(3),
+        heartbeat: Duration::from_millis(200),
+        settle: Duration::from_millis(100),
+    };
     // Two hosts: two clients on the same bucket and prefix.
     let host_a: Arc<dyn ObjectBackend> = Arc::new(garage.backend("locked"));
     let host_b: Arc<dyn ObjectBackend> = Arc::new(garage.backend("locked"));
     let a = RemoteLock::acquire_with(host_a.clone(), Path::new("/srv/a"), timing).unwrap();
     let err = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).err().unwrap().to_string();
-    assert!(err.contains(&format!("s3://{}/locked/ is mounted by", garage.bucket)) && err.contains("at /srv/a"), "{err}");
+    assert!(
+        err.contains(&format!("s3://{}/locked/ is mounted by", garage.bucket)) && err.contains("at /srv/a"),
+        "{err}"
+    );
     // Heartbeats keep it fresh past the stale time.
     std::thread::sleep(Duration::from_millis(3500));
     assert!(RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).is_err());

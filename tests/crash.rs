@@ -36,7 +36,9 @@ impl Writer {
         let acked = Arc::new(Mutex::new(vec![]));
         let (s, a) = (stop.clone(), acked.clone());
         let thread = std::thread::spawn(move || {
-            let Ok(f) = fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o644).open(&path) else { return };
+            let Ok(f) = fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o644).open(&path) else {
+                return;
+            };
             let mut i = 0u64;
             while !s.load(Ordering::Relaxed) {
                 if f.write_all_at(&record(i), i * RECORD as u64).is_err() || f.sync_data().is_err() {

@@ -54,7 +54,17 @@ impl Setup {
     }
 
     fn create(&self, size: &str) {
-        let out = onefs(&["create", "--size", size, "--block-size", "1M", "--definition", "data", "--config-dir", self.config_dir.to_str().unwrap()]);
+        let out = onefs(&[
+            "create",
+            "--size",
+            size,
+            "--block-size",
+            "1M",
+            "--definition",
+            "data",
+            "--config-dir",
+            self.config_dir.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "create failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -193,11 +203,8 @@ fn rclone_local_remote_ext4_cycle_then_remount_from_an_empty_cache() {
     let rclone = remote::rclone_bin();
     let s = Setup::new("");
     let remote_dir = s.scratch.dir("rclone-remote");
-    let backend = format!(
-        "type = \"rclone\"\nremote = \"{}\"\nrclone = \"{}\"\n",
-        remote_dir.display(),
-        rclone.display()
-    );
+    let backend =
+        format!("type = \"rclone\"\nremote = \"{}\"\nrclone = \"{}\"\n", remote_dir.display(), rclone.display());
     let s = s.with_backend(backend, "size = \"64M\"\nupload_delay = \"200ms\"\n");
     s.create("4G");
     ext4_cycle(&s, "rclone");
@@ -213,7 +220,8 @@ fn rclone_local_remote_ext4_cycle_then_remount_from_an_empty_cache() {
 /// cache; remount: e2fsck clean and the data intact.
 fn ext4_cycle(s: &Setup, label: &str) {
     // A second create on the same (now non-empty) backend is refused.
-    let out = onefs(&["create", "--size", "1G", "--definition", "data", "--config-dir", s.config_dir.to_str().unwrap()]);
+    let out =
+        onefs(&["create", "--size", "1G", "--definition", "data", "--config-dir", s.config_dir.to_str().unwrap()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not empty"));
 
     let inner = s.scratch.dir("ext4");
@@ -228,7 +236,10 @@ fn ext4_cycle(s: &Setup, label: &str) {
         run("sync", &[]);
         // Live numbers while mounted: the cache holds at most its size.
         let status = run(onefs_bin(), &["status", "data", "--config-dir", s.config_dir.to_str().unwrap()]);
-        assert!(status.contains("cache: ") && status.contains("hit rate") && status.contains("dirty blocks"), "{status}");
+        assert!(
+            status.contains("cache: ") && status.contains("hit rate") && status.contains("dirty blocks"),
+            "{status}"
+        );
         m.unmount();
         lo.detach();
         served.stop();
@@ -247,7 +258,9 @@ fn ext4_cycle(s: &Setup, label: &str) {
     m.unmount();
     lo.detach();
     served.stop();
-    eprintln!("{label}: mkfs + 96 MiB through ext4 + unmount with upload: {written:?}; remount from an empty cache: {remounted:?}");
+    eprintln!(
+        "{label}: mkfs + 96 MiB through ext4 + unmount with upload: {written:?}; remount from an empty cache: {remounted:?}"
+    );
 }
 
 #[test]
@@ -280,7 +293,9 @@ fn kill_9_with_dirty_blocks_in_a_local_cache_then_restart_uploads_every_fsynced_
         }
         true
     };
-    wait_until("the journal's blocks in the backend", Duration::from_secs(60), || writes.iter().all(|(o, d)| expect(*o, d)));
+    wait_until("the journal's blocks in the backend", Duration::from_secs(60), || {
+        writes.iter().all(|(o, d)| expect(*o, d))
+    });
     served.stop();
 }
 
@@ -307,7 +322,8 @@ fn backend_down_writes_land_uncached_reads_fail_with_eio_and_it_recovers() {
     let err = file.read_exact_at(&mut buf, 0).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     wait_until("status to show the failing backend", Duration::from_secs(10), || {
-        run(onefs_bin(), &["status", "data", "--config-dir", s.config_dir.to_str().unwrap()]).contains("backend failing")
+        run(onefs_bin(), &["status", "data", "--config-dir", s.config_dir.to_str().unwrap()])
+            .contains("backend failing")
     });
 
     fs::rename(&away, &s.objects).unwrap();

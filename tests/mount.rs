@@ -20,7 +20,11 @@ fn ext4_on_onefs_survives_unmount_and_remount() {
     let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
     create(&store, "1G", "1M");
 
-    let files = [("big.bin", pattern(1, 9 * MIB as usize + 123)), ("one.bin", pattern(2, MIB as usize)), ("note.txt", b"hello onefs\n".to_vec())];
+    let files = [
+        ("big.bin", pattern(1, 9 * MIB as usize + 123)),
+        ("one.bin", pattern(2, MIB as usize)),
+        ("note.txt", b"hello onefs\n".to_vec()),
+    ];
     let mut sums = vec![];
     {
         let onefs = OnefsMount::new(&store, &mnt, &[]);

@@ -57,7 +57,10 @@ struct Built {
 
 /// Runs packaging/build on the test binary; `which` is "", "--deb-only" or "--rpm-only".
 fn build(which: &str) -> Built {
-    assert!(nix::unistd::geteuid().is_root(), "the packaging tests need root (packaging/build may apt-get install tools)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the packaging tests need root (packaging/build may apt-get install tools)"
+    );
     let dir = scratch("onefs-packages.");
     let mut cmd = Command::new(repo("packaging/build"));
     cmd.args(["--bin", BIN, "--out"]).arg(dir.path());
@@ -66,8 +69,14 @@ fn build(which: &str) -> Built {
     }
     run(&mut cmd);
     let version = field("version");
-    let deb = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "deb"));
-    let rpm = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "rpm"));
+    let deb = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"));
+    let rpm = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "rpm"));
     if let Some(deb) = &deb {
         let name = deb.file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with(&format!("onefs_{version}-1_")), "deb named {name}");
@@ -151,7 +160,10 @@ fn deb_carries_the_files_metadata_and_scripts() {
     assert_eq!(control("Architecture"), run(Command::new("dpkg").arg("--print-architecture")).trim());
     let description = control("Description");
     assert!(description.starts_with(&field("description")), "Description: {description}");
-    assert!(description.contains("disk.img") && description.contains("block files"), "Description says what onefs is: {description}");
+    assert!(
+        description.contains("disk.img") && description.contains("block files"),
+        "Description says what onefs is: {description}"
+    );
     let depends: Vec<String> = control("Depends").split(", ").map(String::from).collect();
     assert!(depends.contains(&"fuse3".to_string()), "Depends: {depends:?}");
     assert!(depends.iter().any(|d| d.starts_with("libc6 (>= ")), "Depends: {depends:?}");
@@ -174,7 +186,10 @@ fn deb_carries_the_files_metadata_and_scripts() {
     assert!(postinst.contains("onefs_daemon_reload") && postinst.contains("onefs_tell_running"), "postinst");
     assert!(postrm.contains("onefs_daemon_reload") && postrm.contains("remove|purge"), "postrm");
     assert!(prerm.contains("if [ \"$1\" = remove ]; then\n    onefs_stop_all"), "prerm stops units on removal only");
-    assert!(prerm.contains("deb-systemd-invoke") && prerm.contains("'onefs@*.service'"), "prerm stops onefs@* instances");
+    assert!(
+        prerm.contains("deb-systemd-invoke") && prerm.contains("'onefs@*.service'"),
+        "prerm stops onefs@* instances"
+    );
     assert!(postinst.contains("daemon-reload"), "postinst reloads systemd");
 }
 
@@ -208,22 +223,34 @@ fn rpm_carries_the_same_files_and_scriptlets() {
     // symlinks and modes as in the .deb
     let dump = q(&["-qp", "--dump"]);
     for (path, target) in COMMON {
-        let line = dump.lines().find(|l| l.split(' ').next() == Some(path)).unwrap_or_else(|| panic!("{path} not in the dump"));
+        let line = dump
+            .lines()
+            .find(|l| l.split(' ').next() == Some(path))
+            .unwrap_or_else(|| panic!("{path} not in the dump"));
         let cols: Vec<&str> = line.split(' ').collect();
         assert_eq!(cols[5], "root", "{path} owner");
         assert_eq!(cols[10], if target.is_empty() { "X" } else { target }, "symlink target of {path}");
     }
     assert!(dump.lines().any(|l| l.starts_with("/usr/bin/onefs ") && l.contains(" 0100755 ")), "onefs mode");
 
-    assert_eq!(q(&["-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{LICENSE}\\n"]).trim(),
-        format!("onefs {} 1 {}", field("version"), field("license")));
+    assert_eq!(
+        q(&["-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{LICENSE}\\n"]).trim(),
+        format!("onefs {} 1 {}", field("version"), field("license"))
+    );
     assert_eq!(q(&["-qp", "--qf", "%{SUMMARY}\\n"]).trim(), field("description"));
     let requires = q(&["-qp", "--requires"]);
     assert!(requires.lines().any(|l| l.trim() == "fuse3"), "Requires: {requires}");
     for r in requires.lines().map(str::trim) {
-        assert!(r == "fuse3" || r == "/bin/sh" || r.starts_with("rpmlib(") || r.starts_with("rtld(")
-            || r.starts_with("libc.so.6") || r.starts_with("libgcc_s.so.1") || r.starts_with("ld-linux"),
-            "unneeded requirement {r}");
+        assert!(
+            r == "fuse3"
+                || r == "/bin/sh"
+                || r.starts_with("rpmlib(")
+                || r.starts_with("rtld(")
+                || r.starts_with("libc.so.6")
+                || r.starts_with("libgcc_s.so.1")
+                || r.starts_with("ld-linux"),
+            "unneeded requirement {r}"
+        );
     }
 
     let scripts = q(&["-qp", "--scripts"]);
@@ -237,14 +264,24 @@ fn rpm_carries_the_same_files_and_scriptlets() {
         }
     }
     let section = |name: &str| {
-        sections.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone()).unwrap_or_else(|| panic!("no {name} scriptlet:\n{scripts}"))
+        sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("no {name} scriptlet:\n{scripts}"))
     };
     let (post, preun, postun) = (section("postinstall"), section("preuninstall"), section("postuninstall"));
-    assert!(post.contains("onefs_daemon_reload\n") && post.contains("if [ \"$1\" -ge 2 ]; then\n    onefs_tell_running"), "%post:\n{post}");
+    assert!(
+        post.contains("onefs_daemon_reload\n") && post.contains("if [ \"$1\" -ge 2 ]; then\n    onefs_tell_running"),
+        "%post:\n{post}"
+    );
     assert!(preun.contains("if [ \"$1\" -eq 0 ]; then\n    onefs_stop_all"), "%preun:\n{preun}");
     assert!(postun.contains("onefs_daemon_reload\n"), "%postun:\n{postun}");
     for (name, s) in [("%post", &post), ("%preun", &preun), ("%postun", &postun)] {
-        assert!(s.contains("systemctl --system daemon-reload") && s.contains("stop $units"), "{name} lacks the shared functions");
+        assert!(
+            s.contains("systemctl --system daemon-reload") && s.contains("stop $units"),
+            "{name} lacks the shared functions"
+        );
         scripts_never_restart(name, s);
     }
 }
@@ -263,7 +300,14 @@ fn rpm_installs_into_a_root_and_erases() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&real, &to).unwrap();
     }
-    let out = Command::new("rpm").arg("-i").arg("--root").arg(root.path()).arg("--nodeps").arg(built.rpm.as_ref().unwrap()).output().unwrap();
+    let out = Command::new("rpm")
+        .arg("-i")
+        .arg("--root")
+        .arg(root.path())
+        .arg("--nodeps")
+        .arg(built.rpm.as_ref().unwrap())
+        .output()
+        .unwrap();
     let said = text(&out);
     assert!(out.status.success() && !said.contains("scriptlet failed") && !said.contains("error:"), "rpm -i:\n{said}");
     for (path, _) in COMMON {
@@ -276,7 +320,8 @@ fn rpm_installs_into_a_root_and_erases() {
     assert!(help.contains("mount"), "installed onefs --help: {help}");
     assert!(run(Command::new("rpm").arg("--root").arg(root.path()).args(["-q", "onefs"])).starts_with("onefs-"));
 
-    let out = Command::new("rpm").arg("-e").arg("--root").arg(root.path()).arg("--nodeps").arg("onefs").output().unwrap();
+    let out =
+        Command::new("rpm").arg("-e").arg("--root").arg(root.path()).arg("--nodeps").arg("onefs").output().unwrap();
     let said = text(&out);
     assert!(out.status.success() && !said.contains("scriptlet failed") && !said.contains("error:"), "rpm -e:\n{said}");
     for (path, _) in COMMON {

@@ -18,7 +18,12 @@ fn onefs(args: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("status {:?}\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn is_onefs_mount(mountpoint: &Path) -> bool {
@@ -47,7 +52,10 @@ struct Scratch {
 impl Scratch {
     fn new() -> Self {
         require_root();
-        Self { dir: tempfile::Builder::new().prefix("onefs-svc-").tempdir_in("/var/tmp").expect("tempdir"), children: vec![] }
+        Self {
+            dir: tempfile::Builder::new().prefix("onefs-svc-").tempdir_in("/var/tmp").expect("tempdir"),
+            children: vec![],
+        }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -64,7 +72,11 @@ impl Scratch {
         let conf = self.dir("conf");
         std::fs::write(
             conf.join(format!("{name}.toml")),
-            format!("store = \"{}\"\nmountpoint = \"{}\"\n{extra}\n[create]\nsize = \"1G\"\nblock_size = \"1M\"\n", store.display(), mnt.display()),
+            format!(
+                "store = \"{}\"\nmountpoint = \"{}\"\n{extra}\n[create]\nsize = \"1G\"\nblock_size = \"1M\"\n",
+                store.display(),
+                mnt.display()
+            ),
         )
         .expect("write definition");
         (store, mnt)
@@ -105,7 +117,10 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         for child in &mut self.children {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = child.wait();
         }
         if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
@@ -157,7 +172,11 @@ fn run_is_ready_only_when_live_pings_the_watchdog_reloads_and_stops_cleanly() {
     let conf = s.path("conf");
     let pid = s.spawn(
         &["run", "data", "--config-dir", conf.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap()), ("WATCHDOG_USEC", "300000"), ("ONEFS_UNIT", "onefs@data.service")],
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+            ("ONEFS_UNIT", "onefs@data.service"),
+        ],
     );
     let ready = notify.expect("READY=1", Duration::from_secs(20), |_| {
         // At the moment READY=1 arrives the mount must already be live.
@@ -199,7 +218,11 @@ fn run_is_ready_only_when_live_pings_the_watchdog_reloads_and_stops_cleanly() {
     std::fs::write(&def, changed).unwrap();
     let out = onefs(&["reload", "--pid", &pid.to_string()]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mount options changed; this needs a remount"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mount options changed; this needs a remount"),
+        "{}",
+        text(&out)
+    );
     write_disk(&mnt, b"still writable");
     std::fs::write(&def, "store = 5\n").unwrap();
     let out = onefs(&["reload", "--pid", &pid.to_string()]);
@@ -223,7 +246,10 @@ fn daemon_serves_every_good_definition_and_reload_adds_and_removes() {
     let conf = s.path("conf");
     std::fs::write(conf.join("broken.toml"), "store = \"/x\"\nmountpoint = \"/y\"\ncolour = \"red\"\n").unwrap();
     let mut notify = Notify::new(&s);
-    let pid = s.spawn(&["daemon", "--config-dir", conf.to_str().unwrap()], &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+    let pid = s.spawn(
+        &["daemon", "--config-dir", conf.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
     let ready = notify.expect("READY=1", Duration::from_secs(20), |_| {
         assert!(is_onefs_mount(&mnt_a) && is_onefs_mount(&mnt_b));
     });
@@ -264,7 +290,11 @@ fn run_refuses_unsafe_names_and_names_the_bad_key() {
     std::fs::write(conf.join("x.toml"), "store = \"/s\"\nmountpoint = \"/m\"\nthreads = \"many\"\n").unwrap();
     let out = onefs(&["run", "x", "--config-dir", conf.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("x.toml:3: key `threads`: expected an integer, found string"), "{}", text(&out));
+    assert!(
+        !out.status.success() && err.contains("x.toml:3: key `threads`: expected an integer, found string"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -293,9 +323,8 @@ fn mount_helper_returns_once_live_validates_with_f_and_fails_with_32() {
     let conf = s.path("conf");
     let helper = s.path("mount.fuse.onefs");
     std::os::unix::fs::symlink(BIN, &helper).unwrap();
-    let run = |args: &[&str]| {
-        Command::new(&helper).args(args).env("ONEFS_CONFIG_DIR", &conf).output().expect("run helper")
-    };
+    let run =
+        |args: &[&str]| Command::new(&helper).args(args).env("ONEFS_CONFIG_DIR", &conf).output().expect("run helper");
     // -f: validate only (the store does not exist yet, [create] would make it).
     let out = run(&["data", mnt.to_str().unwrap(), "-f", "-v", "-o", "rw,_netdev,nofail"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -47,14 +47,35 @@ fn units_keep_the_host_mount_namespace_and_need_no_bin_kill() {
         let text = std::fs::read_to_string(repo(&format!("systemd/{unit}"))).unwrap();
         let settings: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         for forbidden in [
-            "PrivateTmp", "ProtectSystem", "ProtectHome", "PrivateDevices", "PrivateMounts", "ReadOnlyPaths",
-            "ReadWritePaths", "InaccessiblePaths", "TemporaryFileSystem", "BindPaths", "ProtectKernelTunables",
-            "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectProc", "MountFlags",
-            "RootDirectory", "/bin/kill",
+            "PrivateTmp",
+            "ProtectSystem",
+            "ProtectHome",
+            "PrivateDevices",
+            "PrivateMounts",
+            "ReadOnlyPaths",
+            "ReadWritePaths",
+            "InaccessiblePaths",
+            "TemporaryFileSystem",
+            "BindPaths",
+            "ProtectKernelTunables",
+            "ProtectKernelModules",
+            "ProtectKernelLogs",
+            "ProtectControlGroups",
+            "ProtectProc",
+            "MountFlags",
+            "RootDirectory",
+            "/bin/kill",
         ] {
             assert!(!settings.iter().any(|l| l.contains(forbidden)), "{unit} uses {forbidden}");
         }
-        for needed in ["Type=notify", "KillMode=mixed", "Restart=on-failure", "DeviceAllow=/dev/fuse", "@mount", "After=network-online.target"] {
+        for needed in [
+            "Type=notify",
+            "KillMode=mixed",
+            "Restart=on-failure",
+            "DeviceAllow=/dev/fuse",
+            "@mount",
+            "After=network-online.target",
+        ] {
             assert!(settings.iter().any(|l| l.contains(needed)), "{unit} lacks {needed}");
         }
     }
@@ -100,15 +121,29 @@ fn every_cli_option_and_command_is_in_the_man_page() {
     assert!(missing.is_empty(), "not in man/onefs.8: {missing:?}");
     // The toml keys are all in onefs.toml(5).
     let page5 = std::fs::read_to_string(repo("man/onefs.toml.5")).unwrap();
-    for key in ["store", "mountpoint", "read_only", "allow_other", "uid", "gid", "mode", "threads", "log_level", "[create]", "size", "block_size"] {
-        let documented = page5.lines().any(|l| {
-            l.starts_with(".B") && l.split([' ', '"']).any(|word| word == key)
-        });
+    for key in [
+        "store",
+        "mountpoint",
+        "read_only",
+        "allow_other",
+        "uid",
+        "gid",
+        "mode",
+        "threads",
+        "log_level",
+        "[create]",
+        "size",
+        "block_size",
+    ] {
+        let documented = page5.lines().any(|l| l.starts_with(".B") && l.split([' ', '"']).any(|word| word == key));
         assert!(documented, "{key} not documented in onefs.toml.5");
     }
     // The mount helper's flags are in mount.onefs(8).
     let page8 = std::fs::read_to_string(repo("man/mount.onefs.8")).unwrap();
     for flag in ["\\-s", "\\-f", "\\-n", "\\-v", "\\-o"] {
-        assert!(page8.contains(&format!(".B {flag}")) || page8.contains(&format!(".BI {flag}")), "{flag} not in mount.onefs.8");
+        assert!(
+            page8.contains(&format!(".B {flag}")) || page8.contains(&format!(".BI {flag}")),
+            "{flag} not in mount.onefs.8"
+        );
     }
 }

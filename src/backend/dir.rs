@@ -38,7 +38,10 @@ impl DirObjects {
             || key.starts_with('/')
             || key.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(TMP_PREFIX));
         if bad {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: invalid object key {key:?}", self.root.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: invalid object key {key:?}", self.root.display()),
+            ));
         }
         Ok(self.root.join(key))
     }

@@ -79,7 +79,11 @@ pub struct LockTiming {
 
 impl Default for LockTiming {
     fn default() -> Self {
-        LockTiming { stale: Duration::from_secs(60), heartbeat: Duration::from_secs(15), settle: Duration::from_secs(1) }
+        LockTiming {
+            stale: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(15),
+            settle: Duration::from_secs(1),
+        }
     }
 }
 
@@ -88,7 +92,11 @@ fn now() -> u64 {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "unknown-host".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
 }
 
 /// Reads the lock object: `None` if there is none.
@@ -98,7 +106,10 @@ pub fn read_lock(backend: &dyn ObjectBackend) -> io::Result<Option<LockInfo>> {
         Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: {LOCK_KEY} is unreadable ({e}); if no host holds the store, break the lock (onefs break-lock)", backend.describe()),
+                format!(
+                    "{}: {LOCK_KEY} is unreadable ({e}); if no host holds the store, break the lock (onefs break-lock)",
+                    backend.describe()
+                ),
             )
         }),
     }
@@ -126,7 +137,11 @@ impl RemoteLock {
 
     /// Takes the lock, refusing (one line naming the holder) while another
     /// host's heartbeat is fresh.
-    pub fn acquire_with(backend: Arc<dyn ObjectBackend>, mountpoint: &Path, timing: LockTiming) -> anyhow::Result<Self> {
+    pub fn acquire_with(
+        backend: Arc<dyn ObjectBackend>,
+        mountpoint: &Path,
+        timing: LockTiming,
+    ) -> anyhow::Result<Self> {
         let store = backend.describe();
         let refuse = |other: &LockInfo| {
             let left = timing.stale.as_secs().saturating_sub(now().saturating_sub(other.heartbeat));
@@ -159,7 +174,9 @@ impl RemoteLock {
         match read_lock(&*backend).map_err(|e| anyhow::anyhow!("{store}: reading {LOCK_KEY} back: {e}"))? {
             Some(now_there) if now_there.token == info.token => {}
             Some(other) => return Err(refuse(&other)),
-            None => anyhow::bail!("{store}: {LOCK_KEY} vanished right after it was written: another host is breaking or taking the lock"),
+            None => anyhow::bail!(
+                "{store}: {LOCK_KEY} vanished right after it was written: another host is breaking or taking the lock"
+            ),
         }
         let heart = Arc::new(Heart { stop: Mutex::new(false), wake: Condvar::new(), lost: AtomicBool::new(false) });
         let thread = {
@@ -271,7 +288,11 @@ mod tests {
     use crate::backend::MemBackend;
 
     fn quick() -> LockTiming {
-        LockTiming { stale: Duration::from_secs(2), heartbeat: Duration::from_millis(100), settle: Duration::from_millis(10) }
+        LockTiming {
+            stale: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(100),
+            settle: Duration::from_millis(10),
+        }
     }
 
     #[test]
@@ -279,9 +300,15 @@ mod tests {
         let b: Arc<dyn ObjectBackend> = Arc::new(MemBackend::new());
         let lock = RemoteLock::acquire_with(b.clone(), Path::new("/srv/a"), quick()).unwrap();
         let held = read_lock(&*b).unwrap().unwrap();
-        assert_eq!((held.pid, held.mountpoint.as_str(), held.token.as_str()), (std::process::id(), "/srv/a", lock.info().token.as_str()));
+        assert_eq!(
+            (held.pid, held.mountpoint.as_str(), held.token.as_str()),
+            (std::process::id(), "/srv/a", lock.info().token.as_str())
+        );
         let err = RemoteLock::acquire_with(b.clone(), Path::new("/srv/b"), quick()).err().unwrap().to_string();
-        assert!(err.contains("memory is mounted by") && err.contains("at /srv/a") && err.contains("onefs break-lock"), "{err}");
+        assert!(
+            err.contains("memory is mounted by") && err.contains("at /srv/a") && err.contains("onefs break-lock"),
+            "{err}"
+        );
         assert!(!err.contains('\n'));
         lock.release().unwrap();
         assert_eq!(read_lock(&*b).unwrap(), None, "release deletes the lock");
@@ -300,7 +327,14 @@ mod tests {
         lock.release().unwrap();
 
         // A crashed holder: its heartbeat stopped 5 s ago, the lock is stale.
-        let crashed = LockInfo { holder: "gone".into(), pid: 1, mountpoint: "/srv/a".into(), since: now() - 50, heartbeat: now() - 5, token: "crashed".into() };
+        let crashed = LockInfo {
+            holder: "gone".into(),
+            pid: 1,
+            mountpoint: "/srv/a".into(),
+            since: now() - 50,
+            heartbeat: now() - 5,
+            token: "crashed".into(),
+        };
         b.put(LOCK_KEY, &serde_json::to_vec(&crashed).unwrap()).unwrap();
         let taken = RemoteLock::acquire_with(b.clone(), Path::new("/srv/b"), quick()).unwrap();
         assert_eq!(read_lock(&*b).unwrap().unwrap().mountpoint, "/srv/b");

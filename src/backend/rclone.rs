@@ -67,7 +67,6 @@ pub struct RcloneConfig {
     pub timeout: Option<u64>,
 }
 
-
 /// The oldest rclone onefs accepts: unix-socket `rcd`, and single-file
 /// lookups on Box without listing the whole folder.
 pub const MIN_VERSION: (u32, u32) = (1, 65);
@@ -89,10 +88,9 @@ pub fn find_rclone(config: &RcloneConfig) -> anyhow::Result<PathBuf> {
         return Ok(path.clone());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("rclone"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("rclone not found on PATH: {HOW}, or set `rclone = \"/path/to/rclone\"` in the definition"))
+    std::env::split_paths(&path).map(|dir| dir.join("rclone")).find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!("rclone not found on PATH: {HOW}, or set `rclone = \"/path/to/rclone\"` in the definition")
+    })
 }
 
 /// `rclone version`'s first line, parsed: `rclone v1.75.2` -> (1, 75, 2).
@@ -156,7 +154,12 @@ impl Shared {
     }
     fn last_log(&self) -> String {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.iter().rev().find(|l| l.contains("ERROR") || l.contains("CRITICAL") || l.contains("Fatal")).or(log.back()).cloned().unwrap_or_default()
+        log.iter()
+            .rev()
+            .find(|l| l.contains("ERROR") || l.contains("CRITICAL") || l.contains("Fatal"))
+            .or(log.back())
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -217,7 +220,11 @@ impl RcloneBackend {
         let socket = dir.join("rc.sock");
         let password = uuid::Uuid::new_v4().simple().to_string();
         let auth = format!("Basic {}", super::s3::base64(format!("onefs:{password}").as_bytes()));
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new(), log: Mutex::new(VecDeque::new()) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            log: Mutex::new(VecDeque::new()),
+        });
 
         let mut cmd = Command::new(&bin);
         cmd.arg("rcd")
@@ -266,7 +273,12 @@ impl RcloneBackend {
             let deadline = Instant::now() + START_TIMEOUT;
             let mut state = backend.shared.state();
             while state.ready.is_none() && state.failed.is_none() && Instant::now() < deadline {
-                state = backend.shared.changed.wait_timeout(state, Duration::from_millis(100)).map(|(s, _)| s).unwrap_or_else(|p| p.into_inner().0);
+                state = backend
+                    .shared
+                    .changed
+                    .wait_timeout(state, Duration::from_millis(100))
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
             if let Some(why) = state.failed.clone() {
                 drop(state);
@@ -276,7 +288,12 @@ impl RcloneBackend {
             if state.ready.is_none() {
                 drop(state);
                 backend.shutdown();
-                anyhow::bail!("rclone {}: rclone rcd ({}) did not listen within {} s", backend.remote, bin.display(), START_TIMEOUT.as_secs());
+                anyhow::bail!(
+                    "rclone {}: rclone rcd ({}) did not listen within {} s",
+                    backend.remote,
+                    bin.display(),
+                    START_TIMEOUT.as_secs()
+                );
             }
         }
         // Creating the remote's Fs reads its config (and logs in).
@@ -337,16 +354,25 @@ impl RcloneBackend {
             }
             if state.stopping || Instant::now() > deadline {
                 let why = self.shared.last_log();
-                return Err(Failure::Permanent(io::Error::other(format!("rclone {}: rclone rcd is not running: {why}", self.remote))));
+                return Err(Failure::Permanent(io::Error::other(format!(
+                    "rclone {}: rclone rcd is not running: {why}",
+                    self.remote
+                ))));
             }
-            state = self.shared.changed.wait_timeout(state, Duration::from_millis(100)).map(|(s, _)| s).unwrap_or_else(|p| p.into_inner().0);
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, Duration::from_millis(100))
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
     /// One HTTP/1.1 request over the socket: status and body.
     fn http(&self, method: &str, path: &str, body: Option<&[u8]>, what: &str) -> Result<(u16, Vec<u8>), Failure> {
         self.wait_ready()?;
-        let transient = |e: io::Error| Failure::Transient(io::Error::new(e.kind(), format!("rclone {}: {what}: {e}", self.remote)));
+        let transient =
+            |e: io::Error| Failure::Transient(io::Error::new(e.kind(), format!("rclone {}: {what}: {e}", self.remote)));
         let mut stream = UnixStream::connect(&self.socket).map_err(transient)?;
         stream.set_read_timeout(Some(self.timeout)).map_err(transient)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(transient)?;
@@ -370,7 +396,11 @@ impl RcloneBackend {
         if code == 200 {
             return Ok(json);
         }
-        let text = json.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_string());
+        let text = json
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_string());
         let msg = format!("rclone {}: {method}: {}", self.remote, text.replace(['\n', '\r'], " "));
         Err(match code {
             404 => Failure::Permanent(io::Error::new(io::ErrorKind::NotFound, msg)),
@@ -391,9 +421,16 @@ impl RcloneBackend {
 
 /// rclone errors that no retry can fix.
 fn is_config_error(text: &str) -> bool {
-    ["didn't find section in config file", "config file", "unknown backend", "couldn't find backend", "not supported", "invalid"]
-        .iter()
-        .any(|p| text.contains(p))
+    [
+        "didn't find section in config file",
+        "config file",
+        "unknown backend",
+        "couldn't find backend",
+        "not supported",
+        "invalid",
+    ]
+    .iter()
+    .any(|p| text.contains(p))
 }
 
 /// Reads a response: status line, headers, then a body by Content-Length,
@@ -430,7 +467,8 @@ fn read_response(r: &mut impl BufRead) -> io::Result<(u16, Vec<u8>)> {
         loop {
             line.clear();
             r.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad("chunk size"))?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad("chunk size"))?;
             if size == 0 {
                 break;
             }
@@ -479,7 +517,8 @@ fn supervise(mut cmd: Command, socket: PathBuf, remote: String, shared: Arc<Shar
         if let Some(err) = child.stderr.take() {
             let shared = shared.clone();
             let remote = remote.clone();
-            let _ = std::thread::Builder::new().name("rclone-log".into()).spawn(move || forward_log(err, &remote, &shared));
+            let _ =
+                std::thread::Builder::new().name("rclone-log".into()).spawn(move || forward_log(err, &remote, &shared));
         }
         // Wait until it listens (or dies).
         let mut exited = None;
@@ -499,7 +538,11 @@ fn supervise(mut cmd: Command, socket: PathBuf, remote: String, shared: Arc<Shar
             std::thread::sleep(Duration::from_millis(10));
         }
         if exited.is_none() {
-            log::debug!("rclone {remote}: rclone rcd pid {} listening after {} ms", child.id(), started.elapsed().as_millis());
+            log::debug!(
+                "rclone {remote}: rclone rcd pid {} listening after {} ms",
+                child.id(),
+                started.elapsed().as_millis()
+            );
             {
                 let mut state = shared.state();
                 state.ready = Some(child.id());
@@ -587,9 +630,18 @@ impl ObjectBackend for RcloneBackend {
                 404 => Ok(None),
                 _ => {
                     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let text = json.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-                    let msg = format!("rclone {}: GET {key}: HTTP {code}: {}", self.remote, text.replace(['\n', '\r'], " "));
-                    Err(if code >= 500 { Failure::Transient(io::Error::other(msg)) } else { Failure::Permanent(io::Error::other(msg)) })
+                    let text = json
+                        .get("error")
+                        .and_then(|e| e.as_str())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+                    let msg =
+                        format!("rclone {}: GET {key}: HTTP {code}: {}", self.remote, text.replace(['\n', '\r'], " "));
+                    Err(if code >= 500 {
+                        Failure::Transient(io::Error::other(msg))
+                    } else {
+                        Failure::Permanent(io::Error::other(msg))
+                    })
                 }
             }
         })
@@ -597,7 +649,9 @@ impl ObjectBackend for RcloneBackend {
 
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
         let temp = self.temp_file();
-        let result = std::fs::write(&temp, data).map_err(|e| crate::errors::context(format!("rclone {}: PUT {key}: {}", self.remote, temp.display()), e)).and_then(|()| self.put_file(key, &temp));
+        let result = std::fs::write(&temp, data)
+            .map_err(|e| crate::errors::context(format!("rclone {}: PUT {key}: {}", self.remote, temp.display()), e))
+            .and_then(|()| self.put_file(key, &temp));
         let _ = std::fs::remove_file(&temp);
         result
     }
@@ -605,10 +659,16 @@ impl ObjectBackend for RcloneBackend {
     fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
         let path = std::path::absolute(path).map_err(|e| crate::errors::context(path.display(), e))?;
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("rclone {}: PUT {key}: {} is not a file", self.remote, path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("rclone {}: PUT {key}: {} is not a file", self.remote, path.display()),
+            ));
         };
         if let Err(e) = std::fs::metadata(&path) {
-            return Err(crate::errors::context(format!("rclone {}: PUT {key} from {}", self.remote, path.display()), e));
+            return Err(crate::errors::context(
+                format!("rclone {}: PUT {key} from {}", self.remote, path.display()),
+                e,
+            ));
         }
         let params = json!({
             "srcFs": dir.to_string_lossy(),
@@ -646,12 +706,23 @@ impl ObjectBackend for RcloneBackend {
         })?;
         let Some(answer) = answer else { return Ok(vec![]) };
         let items = answer.get("list").and_then(|l| l.as_array()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("rclone {}: LIST {prefix}: answer without a list", self.remote))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("rclone {}: LIST {prefix}: answer without a list", self.remote),
+            )
         })?;
         Ok(items
             .iter()
             .filter_map(|item| item.get("Path").and_then(|p| p.as_str()))
-            .map(|p| if dir.is_empty() || p.starts_with(&format!("{dir}/")) { p.to_string() } else { format!("{dir}/{p}") })
+            .map(
+                |p| {
+                    if dir.is_empty() || p.starts_with(&format!("{dir}/")) {
+                        p.to_string()
+                    } else {
+                        format!("{dir}/{p}")
+                    }
+                },
+            )
             .filter(|p| p.starts_with(prefix))
             .collect())
     }
@@ -673,13 +744,18 @@ mod tests {
     fn responses_by_length_chunked_and_eof() {
         let mut r = io::Cursor::new(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA".to_vec());
         assert_eq!(read_response(&mut r).unwrap(), (200, b"hello".to_vec()));
-        let mut r = io::Cursor::new(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n".to_vec());
+        let mut r = io::Cursor::new(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+                .to_vec(),
+        );
         assert_eq!(read_response(&mut r).unwrap(), (404, b"abcde".to_vec()));
         let mut r = io::Cursor::new(b"HTTP/1.1 500 Oops\r\n\r\nrest".to_vec());
         assert_eq!(read_response(&mut r).unwrap(), (500, b"rest".to_vec()));
         assert!(read_response(&mut io::Cursor::new(b"".to_vec())).is_err());
         assert!(read_response(&mut io::Cursor::new(b"garbage\r\n\r\n".to_vec())).is_err());
-        assert!(read_response(&mut io::Cursor::new(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort".to_vec())).is_err());
+        assert!(
+            read_response(&mut io::Cursor::new(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort".to_vec())).is_err()
+        );
     }
 
     #[test]

@@ -69,7 +69,6 @@ fn default_region() -> String {
     "us-east-1".into()
 }
 
-
 const DEFAULT_TIMEOUT: u64 = 120;
 const DEFAULT_ATTEMPTS: u32 = 6;
 /// How long a presigned URL is valid: it is used at once.
@@ -95,7 +94,8 @@ impl Retry {
     /// so parallel workers do not retry in lockstep.
     pub fn delay(&self, n: u32) -> Duration {
         let base = self.first.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(self.max);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         base + base / 4 * (nanos % 1000) / 1000
     }
 
@@ -164,7 +164,8 @@ impl S3Credentials {
     /// Reads `key = value` lines (TOML or AWS credentials style); the file
     /// must not be readable by everyone.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("s3 credentials file {}: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| anyhow::anyhow!("s3 credentials file {}: {e}", path.display()))?;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o004 != 0 {
             anyhow::bail!(
@@ -172,7 +173,8 @@ impl S3Credentials {
                 path.display()
             );
         }
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("s3 credentials file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("s3 credentials file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("s3 credentials file {}: {e}", path.display()))
     }
 
@@ -193,13 +195,20 @@ impl S3Credentials {
                 "access_key_id" | "aws_access_key_id" => key = Some(v),
                 "secret_access_key" | "aws_secret_access_key" => secret = Some(v),
                 "session_token" | "aws_session_token" => token = Some(v),
-                other => return Err(format!("line {}: unknown key `{other}` (known: access_key_id, secret_access_key, session_token)", n + 1)),
+                other => {
+                    return Err(format!(
+                        "line {}: unknown key `{other}` (known: access_key_id, secret_access_key, session_token)",
+                        n + 1
+                    ));
+                }
             }
         }
         match (key, secret) {
-            (Some(k), Some(s)) if !k.is_empty() && !s.is_empty() => {
-                Ok(S3Credentials { access_key_id: k, secret_access_key: s, session_token: token.filter(|t| !t.is_empty()) })
-            }
+            (Some(k), Some(s)) if !k.is_empty() && !s.is_empty() => Ok(S3Credentials {
+                access_key_id: k,
+                secret_access_key: s,
+                session_token: token.filter(|t| !t.is_empty()),
+            }),
             _ => Err("needs both access_key_id and secret_access_key".into()),
         }
     }
@@ -253,9 +262,8 @@ impl S3Backend {
     pub fn with_credentials(config: &S3Config, credentials: S3Credentials) -> anyhow::Result<Self> {
         let name = format!("s3 {} bucket {}", config.endpoint, config.bucket);
         let endpoint: url::Url = config.endpoint.parse().map_err(|e| anyhow::anyhow!("{name}: endpoint: {e}"))?;
-        let path_style = config
-            .path_style
-            .unwrap_or_else(|| !endpoint.host_str().is_some_and(|h| h.ends_with(".amazonaws.com")));
+        let path_style =
+            config.path_style.unwrap_or_else(|| !endpoint.host_str().is_some_and(|h| h.ends_with(".amazonaws.com")));
         let style = if path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
         let bucket = Bucket::new(endpoint, style, config.bucket.clone(), config.region.clone())
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
@@ -327,9 +335,10 @@ impl S3Backend {
         match e {
             ureq::Error::Timeout(_) => Failure::Transient(io::Error::new(io::ErrorKind::TimedOut, msg)),
             ureq::Error::Io(ref io) => Failure::Transient(io::Error::new(io.kind(), msg)),
-            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Protocol(_) | ureq::Error::BodyStalled => {
-                Failure::Transient(io::Error::other(msg))
-            }
+            ureq::Error::ConnectionFailed
+            | ureq::Error::HostNotFound
+            | ureq::Error::Protocol(_)
+            | ureq::Error::BodyStalled => Failure::Transient(io::Error::other(msg)),
             _ => Failure::Permanent(io::Error::other(msg)),
         }
     }
@@ -359,11 +368,7 @@ impl S3Backend {
             _ => io::ErrorKind::Other,
         };
         let err = io::Error::new(kind, msg);
-        if code >= 500 || code == 429 || code == 408 {
-            Failure::Transient(err)
-        } else {
-            Failure::Permanent(err)
-        }
+        if code >= 500 || code == 429 || code == 408 { Failure::Transient(err) } else { Failure::Permanent(err) }
     }
 
     fn error_body(resp: &mut ureq::http::Response<ureq::Body>) -> String {
@@ -424,7 +429,8 @@ impl ObjectBackend for S3Backend {
         let what = || format!("{}: GET {full}", self.name);
         self.retry.run(&what, || {
             let url = self.bucket.get_object(Some(&self.credentials), &full).sign(SIGN_FOR);
-            let mut resp = self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("GET {full}")))?;
+            let mut resp =
+                self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("GET {full}")))?;
             match resp.status().as_u16() {
                 200..=299 => {
                     let expected = resp
@@ -464,7 +470,8 @@ impl ObjectBackend for S3Backend {
     }
 
     fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
-        let data = std::fs::read(path).map_err(|e| crate::errors::context(format!("{}: PUT {key} from {}", self.name, path.display()), e))?;
+        let data = std::fs::read(path)
+            .map_err(|e| crate::errors::context(format!("{}: PUT {key} from {}", self.name, path.display()), e))?;
         self.put_bytes(key, &data)
     }
 
@@ -473,7 +480,8 @@ impl ObjectBackend for S3Backend {
         let what = || format!("{}: DELETE {full}", self.name);
         self.retry.run(&what, || {
             let url = self.bucket.delete_object(Some(&self.credentials), &full).sign(SIGN_FOR);
-            let mut resp = self.agent.delete(url.as_str()).call().map_err(|e| self.transport(e, &format!("DELETE {full}")))?;
+            let mut resp =
+                self.agent.delete(url.as_str()).call().map_err(|e| self.transport(e, &format!("DELETE {full}")))?;
             match resp.status().as_u16() {
                 200..=299 => Ok(()),
                 code => {
@@ -501,7 +509,8 @@ impl ObjectBackend for S3Backend {
                     action.with_continuation_token(t.as_str());
                 }
                 let url = action.sign(SIGN_FOR);
-                let mut resp = self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("LIST {full}")))?;
+                let mut resp =
+                    self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("LIST {full}")))?;
                 let code = resp.status().as_u16();
                 let body = resp
                     .body_mut()
@@ -528,7 +537,10 @@ impl ObjectBackend for S3Backend {
             match page.next_continuation_token {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),
                 Some(_) => {
-                    return Err(io::Error::other(format!("{}: LIST {full}: the store repeated a continuation token", self.name)));
+                    return Err(io::Error::other(format!(
+                        "{}: LIST {full}: the store repeated a continuation token",
+                        self.name
+                    )));
                 }
                 None => return Ok(keys),
             }
@@ -542,7 +554,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648() {
-        for (input, out) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (input, out) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(input.as_bytes()), out);
         }
     }
@@ -551,8 +571,14 @@ mod tests {
     fn credentials_files_in_toml_or_aws_style() {
         let c = S3Credentials::parse("access_key_id = \"GK1\"\nsecret_access_key = \"s3cr3t\"\n").unwrap();
         assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str(), c.session_token), ("GK1", "s3cr3t", None));
-        let c = S3Credentials::parse("# aws\n[default]\naws_access_key_id=AK\naws_secret_access_key = sk\naws_session_token = tok\n").unwrap();
-        assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str(), c.session_token.as_deref()), ("AK", "sk", Some("tok")));
+        let c = S3Credentials::parse(
+            "# aws\n[default]\naws_access_key_id=AK\naws_secret_access_key = sk\naws_session_token = tok\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.secret_access_key.as_str(), c.session_token.as_deref()),
+            ("AK", "sk", Some("tok"))
+        );
         assert!(S3Credentials::parse("access_key_id = a\n").unwrap_err().contains("both"));
         assert!(S3Credentials::parse("password = a\n").unwrap_err().contains("unknown key `password`"));
         assert!(!format!("{c:?}").contains("sk"), "Debug must not show the secret");
@@ -575,7 +601,8 @@ mod tests {
     fn config_rejects_unknown_keys_and_defaults_the_rest() {
         let c: S3Config = toml::from_str("endpoint = \"http://127.0.0.1:3900\"\nbucket = \"b\"\n").unwrap();
         assert_eq!((c.region.as_str(), c.prefix.as_str(), c.path_style), ("us-east-1", "", None));
-        let err = toml::from_str::<S3Config>("endpoint = \"e\"\nbucket = \"b\"\nsecret_access_key = \"x\"\n").unwrap_err();
+        let err =
+            toml::from_str::<S3Config>("endpoint = \"e\"\nbucket = \"b\"\nsecret_access_key = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `secret_access_key`"), "{err}");
     }
 

@@ -22,11 +22,7 @@ pub struct BlockMap {
 impl BlockMap {
     pub fn new(block_count: u64) -> Self {
         let chunk_count = block_count.div_ceil(CHUNK_BITS) as usize;
-        Self {
-            block_count,
-            chunks: (0..chunk_count).map(|_| OnceLock::new()).collect(),
-            present: AtomicU64::new(0),
-        }
+        Self { block_count, chunks: (0..chunk_count).map(|_| OnceLock::new()).collect(), present: AtomicU64::new(0) }
     }
 
     pub fn block_count(&self) -> u64 {

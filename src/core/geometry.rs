@@ -191,7 +191,11 @@ mod tests {
         assert_eq!(small.block_name(0), "blk-00001");
         assert_eq!(small.block_name(1), "blk-00002");
         let mut names: Vec<String> = (0..2000).map(|b| g.block_name(b)).collect();
-        let sorted = { let mut s = names.clone(); s.sort(); s };
+        let sorted = {
+            let mut s = names.clone();
+            s.sort();
+            s
+        };
         assert_eq!(names, sorted);
         names.clear();
     }
@@ -201,7 +205,9 @@ mod tests {
         let g = Geometry::new(8 * M, 4 * M).unwrap();
         assert_eq!(g.parse_block_name("blk-00001"), Some(0));
         assert_eq!(g.parse_block_name("blk-00002"), Some(1));
-        for bad in ["blk-00000", "blk-00003", "blk-0001", "blk-000001", "blk-0000a", "xblk-00001", "blk-+0001", "onefs.json"] {
+        for bad in
+            ["blk-00000", "blk-00003", "blk-0001", "blk-000001", "blk-0000a", "xblk-00001", "blk-+0001", "onefs.json"]
+        {
             assert_eq!(g.parse_block_name(bad), None, "{bad}");
         }
     }

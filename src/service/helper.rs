@@ -40,9 +40,11 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         if arg == "-o" {
             i += 1;
             let value = args.get(i).ok_or("-o needs a value")?;
-            parsed.options = if parsed.options.is_empty() { value.clone() } else { format!("{},{value}", parsed.options) };
+            parsed.options =
+                if parsed.options.is_empty() { value.clone() } else { format!("{},{value}", parsed.options) };
         } else if let Some(value) = arg.strip_prefix("-o") {
-            parsed.options = if parsed.options.is_empty() { value.to_string() } else { format!("{},{value}", parsed.options) };
+            parsed.options =
+                if parsed.options.is_empty() { value.to_string() } else { format!("{},{value}", parsed.options) };
         } else if arg == "-t" {
             i += 1; // a type, as mount.fuse-style callers pass; the type is ours
         } else if let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty() && !f.starts_with('-')) {
@@ -83,7 +85,11 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
         let file = config::definition_path(dir, &args.source)
             .map_err(|e| anyhow::anyhow!("{e} (SOURCE is a definition name in {} or a store path)", dir.display()))?;
         if !file.exists() {
-            anyhow::bail!("no definition {} (SOURCE is a definition name in {} or an absolute store path)", file.display(), dir.display());
+            anyhow::bail!(
+                "no definition {} (SOURCE is a definition name in {} or an absolute store path)",
+                file.display(),
+                dir.display()
+            );
         }
         Some(Definition::load(&file, Some(&args.source))?)
     } else {
@@ -125,13 +131,20 @@ fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
     if !will_create && spec.remote.is_none() {
         crate::meta::Meta::load(&spec.store)?;
     }
-    let meta = std::fs::metadata(&spec.mountpoint).map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
+    let meta = std::fs::metadata(&spec.mountpoint)
+        .map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
     if !meta.is_dir() {
         anyhow::bail!("mountpoint {} is not a directory", spec.mountpoint.display());
     }
-    let canonical = spec.mountpoint.canonicalize().map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
+    let canonical =
+        spec.mountpoint.canonicalize().map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
     if let Some(existing) = crate::mountinfo::mount_at(&canonical) {
-        anyhow::bail!("mountpoint {} is already a mount point ({} from {})", canonical.display(), existing.fstype, existing.source);
+        anyhow::bail!(
+            "mountpoint {} is already a mount point ({} from {})",
+            canonical.display(),
+            existing.fstype,
+            existing.source
+        );
     }
     Ok(())
 }
@@ -139,7 +152,9 @@ fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
 pub fn main(program: &str, args: Vec<OsString>) -> ExitCode {
     let args: Vec<String> = args.into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: {program} SOURCE MOUNTPOINT [-s] [-f] [-n] [-v] [-o OPTIONS]\nSOURCE is a definition name in /etc/onefs or a store path; see mount.onefs(8).");
+        println!(
+            "usage: {program} SOURCE MOUNTPOINT [-s] [-f] [-n] [-v] [-o OPTIONS]\nSOURCE is a definition name in /etc/onefs or a store path; see mount.onefs(8)."
+        );
         return ExitCode::SUCCESS;
     }
     let args = match parse_args(&args) {
@@ -205,12 +220,16 @@ mod tests {
     #[test]
     fn fstab_options_go_over_the_definition() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("data.toml"), "store = \"/s\"\nmountpoint = \"/m\"\nuid = 7\nmode = \"0640\"\n").unwrap();
+        std::fs::write(dir.path().join("data.toml"), "store = \"/s\"\nmountpoint = \"/m\"\nuid = 7\nmode = \"0640\"\n")
+            .unwrap();
         let a = args(&["data", "/m", "-o", "ro,_netdev,nofail,user,x-systemd.device-timeout=5"]).unwrap();
         let (def, spec) = resolve(&a, dir.path()).unwrap();
         assert!(def.is_some());
         assert_eq!(spec.store, PathBuf::from("/s"));
-        assert_eq!((spec.options.access.uid, spec.options.access.mode, spec.options.access.read_only), (7, 0o640, true));
+        assert_eq!(
+            (spec.options.access.uid, spec.options.access.mode, spec.options.access.read_only),
+            (7, 0o640, true)
+        );
         let a = args(&["data", "/m", "-o", "bogus"]).unwrap();
         assert!(resolve(&a, dir.path()).unwrap_err().to_string().contains("bogus"));
         let a = args(&["data", "/m", "-s", "-o", "bogus,ro"]).unwrap();

@@ -55,11 +55,12 @@ fn notify(states: &[NotifyState]) {
 /// directory under the temporary directory when /run is not writable.
 pub fn reload_file(pid: u32) -> PathBuf {
     let run = Path::new("/run/onefs");
-    let dir = if std::fs::create_dir_all(run).is_ok() && nix::unistd::access(run, nix::unistd::AccessFlags::W_OK).is_ok() {
-        run.to_path_buf()
-    } else {
-        std::env::temp_dir().join(format!("onefs-{}", nix::unistd::getuid()))
-    };
+    let dir =
+        if std::fs::create_dir_all(run).is_ok() && nix::unistd::access(run, nix::unistd::AccessFlags::W_OK).is_ok() {
+            run.to_path_buf()
+        } else {
+            std::env::temp_dir().join(format!("onefs-{}", nix::unistd::getuid()))
+        };
     let _ = std::fs::create_dir_all(&dir);
     dir.join(format!("reload-{pid}"))
 }
@@ -147,7 +148,8 @@ impl Service {
     }
 
     fn apply_level(&self, defs: &[Definition]) {
-        let level = self.cli_level.or_else(|| defs.iter().filter_map(|d| d.log_level).max()).unwrap_or(LevelFilter::Info);
+        let level =
+            self.cli_level.or_else(|| defs.iter().filter_map(|d| d.log_level).max()).unwrap_or(LevelFilter::Info);
         if level != crate::logging::level() {
             log::info!("log level {level}");
             crate::logging::set_level(level);
@@ -251,8 +253,11 @@ impl Service {
                 }
                 continue;
             }
-            if let Some(conflict) = self.active.values().find(|a| a.def.store == def.store || a.def.mountpoint == def.mountpoint) {
-                let message = format!("{}: same store or mountpoint as the running {}; skipped", def.name, conflict.def.name);
+            if let Some(conflict) =
+                self.active.values().find(|a| a.def.store == def.store || a.def.mountpoint == def.mountpoint)
+            {
+                let message =
+                    format!("{}: same store or mountpoint as the running {}; skipped", def.name, conflict.def.name);
                 log::error!("{message}");
                 self.failed.insert(def.name.clone(), message.clone());
                 problems.push(message);
@@ -271,7 +276,8 @@ impl Service {
 
     fn record_reload(&mut self, ok: bool, message: &str) {
         self.reload_generation += 1;
-        let line = format!("{} {} {}\n", self.reload_generation, if ok { "OK" } else { "FAIL" }, message.replace('\n', " "));
+        let line =
+            format!("{} {} {}\n", self.reload_generation, if ok { "OK" } else { "FAIL" }, message.replace('\n', " "));
         if let Err(err) = std::fs::write(&self.reload_file, line) {
             log::warn!("{}: {err}", self.reload_file.display());
         }

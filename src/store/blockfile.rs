@@ -107,7 +107,9 @@ impl FlushState {
             return Err(err);
         }
         if self.failed.load(Ordering::Acquire) {
-            return Err(io::Error::other(format!("{what}: an earlier flush failed; data written since mount may be lost")));
+            return Err(io::Error::other(format!(
+                "{what}: an earlier flush failed; data written since mount may be lost"
+            )));
         }
         Ok(())
     }

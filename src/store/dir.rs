@@ -258,7 +258,11 @@ impl DirStore {
             }
         }
         if short > SHORT_WARNINGS {
-            log::warn!("{}: {} more short block files; run onefs fsck --repair", self.root.display(), short - SHORT_WARNINGS);
+            log::warn!(
+                "{}: {} more short block files; run onefs fsck --repair",
+                self.root.display(),
+                short - SHORT_WARNINGS
+            );
         }
         Ok(())
     }
@@ -292,7 +296,13 @@ impl DirStore {
         // Created once and rewritten in place afterwards, so writing it does
         // not change the directory it describes.
         let created = !path.exists();
-        let mut file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(&path).map_err(|e| at(&path, e))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| at(&path, e))?;
         if created {
             self.dir.sync_all().map_err(|e| at(&self.root, e))?;
         }

@@ -7,8 +7,8 @@
 //! (cache, checks, fault injection) wrap another `BlockStore` and keep this
 //! contract.
 
-pub mod cache;
 pub mod blockfile;
+pub mod cache;
 pub mod dir;
 pub mod fault;
 pub mod memory;

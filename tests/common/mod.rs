@@ -119,7 +119,9 @@ impl OnefsMount {
 
 impl Drop for OnefsMount {
     fn drop(&mut self) {
-        if is_mountpoint(&self.mountpoint) && Command::new("umount").arg(&self.mountpoint).status().map_or(true, |s| !s.success()) {
+        if is_mountpoint(&self.mountpoint)
+            && Command::new("umount").arg(&self.mountpoint).status().map_or(true, |s| !s.success())
+        {
             let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
         }
         // A dead mount (after kill -9) is not in the way of removing the dir

