@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Open descriptors are cached in this many shards of at most this many.
 const FD_SHARDS: usize = 16;
+const FDS_PER_SHARD: usize = 64;
 
 /// Written at a clean unmount: the store directory's stamp at a moment when
 /// every block file was known to be exactly one block long. A mount that
@@ -21,7 +23,6 @@ const FD_SHARDS: usize = 16;
 /// lists names only instead of checking 100 000 file sizes one `stat` at a
 /// time; a block file resized in place is still caught when it is opened.
 pub const CLEAN_MARK: &str = "onefs.clean";
-const FDS_PER_SHARD: usize = 64;
 
 pub struct DirStore {
     root: PathBuf,
@@ -50,10 +51,10 @@ const WRITEBACK_MIN: usize = 128 << 10;
 
 /// Starts writing a block file's dirty pages to disk without waiting.
 ///
-/// Called when a write reaches the end of a block, which is where a stream
-/// of writes leaves it: the disk starts on it now instead of at the next
-/// fsync, which then has that much less to do. A hint only: durability still
-/// comes from `sync`, so a failure here is ignored.
+/// Called when a large write reaches the end of a block, which is where a
+/// stream of writes leaves it (the disk starts on it now instead of at the
+/// next fsync), and by `sync` for every dirty block before waiting on any. A
+/// hint only: durability comes from the fsyncs, so a failure here is ignored.
 fn start_writeback(file: &File) {
     // SAFETY: plain syscall on a descriptor we own; offset 0, length 0 = whole file.
     unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
