@@ -37,6 +37,22 @@ pub fn holds_only_zeros(file: &File, len: u64, buf: &mut [u8]) -> io::Result<boo
     Ok(true)
 }
 
+/// Fills `buf` from `file` at `offset`; bytes past the end of the file read
+/// as zeros (a short block file means zeros there).
+pub fn read_or_zeros(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
 fn scan(file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool> {
     while pos < end {
         let want = buf.len().min((end - pos) as usize);

@@ -395,17 +395,7 @@ impl BlockStore for DirStore {
             }
             Err(e) => return Err(e),
         };
-        let mut done = 0;
-        while done < buf.len() {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(at(&self.block_path(block), e)),
-            }
-        }
-        buf[done..].fill(0);
-        Ok(())
+        super::blockfile::read_or_zeros(&file, offset, buf).map_err(|e| at(&self.block_path(block), e))
     }
 
     fn write_at(&self, block: u64, offset: u64, data: &[u8], create: bool) -> io::Result<()> {

@@ -603,17 +603,7 @@ impl Inner {
             let mut pos = 0u64;
             while pos < self.bs() {
                 let want = buf.len().min((self.bs() - pos) as usize);
-                let mut got = 0;
-                while got < want {
-                    match src.read_at(&mut buf[got..want], pos + got as u64) {
-                        Ok(0) => break,
-                        Ok(k) => got += k,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                // Past the end of a short file: zeros.
-                buf[got..want].fill(0);
+                crate::store::blockfile::read_or_zeros(&src, pos, &mut buf[..want])?;
                 crc.update(&buf[..want]);
                 out.write_all(&buf[..want])?;
                 pos += want as u64;
@@ -1170,17 +1160,7 @@ impl BlockStore for CacheStore {
             Got::Cached(_pin) => {
                 let path = self.inner.block_path(block);
                 let file = File::open(&path).map_err(|e| context(path.display(), e))?;
-                let mut done = 0;
-                while done < buf.len() {
-                    match file.read_at(&mut buf[done..], offset + done as u64) {
-                        Ok(0) => break,
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(context(path.display(), e)),
-                    }
-                }
-                buf[done..].fill(0);
-                Ok(())
+                crate::store::blockfile::read_or_zeros(&file, offset, buf).map_err(|e| context(path.display(), e))
             }
         }
     }
