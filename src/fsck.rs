@@ -178,7 +178,7 @@ pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
                         stored.fetch_add(bytes, Ordering::Relaxed);
                     }
                     if !outcome.findings.is_empty() {
-                        block_findings.lock().unwrap_or_else(|p| p.into_inner()).extend(outcome.findings);
+                        crate::sync::lock(&block_findings).extend(outcome.findings);
                     }
                     progress.tick();
                 }

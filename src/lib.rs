@@ -28,3 +28,4 @@ pub mod options;
 pub mod service;
 pub mod status;
 pub mod store;
+pub mod sync;

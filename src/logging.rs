@@ -129,7 +129,7 @@ impl Logger {
                 let _ = writeln!(std::io::stderr().lock(), "<{priority}>{message}");
             }
             Sink::Syslog(logger) => {
-                let mut logger = logger.lock().unwrap_or_else(|p| p.into_inner());
+                let mut logger = crate::sync::lock(logger);
                 let text = message.to_string();
                 let _ = match record.level() {
                     Level::Error => logger.err(text),

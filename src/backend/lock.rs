@@ -208,7 +208,7 @@ impl RemoteLock {
 
     fn release_inner(&mut self) -> io::Result<()> {
         let Some(thread) = self.thread.take() else { return Ok(()) };
-        *self.heart.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *crate::sync::lock(&self.heart.stop) = true;
         self.heart.wake.notify_all();
         let _ = thread.join();
         match read_lock(&*self.backend) {
@@ -251,7 +251,7 @@ fn beat(backend: &dyn ObjectBackend, heart: &Heart, mut info: LockInfo, every: D
     let store = backend.describe();
     loop {
         {
-            let stop = heart.stop.lock().unwrap_or_else(|p| p.into_inner());
+            let stop = crate::sync::lock(&heart.stop);
             let (stop, _) = heart.wake.wait_timeout_while(stop, every, |s| !*s).unwrap_or_else(|p| p.into_inner());
             if *stop {
                 return;

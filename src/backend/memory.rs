@@ -16,7 +16,7 @@ impl MemBackend {
     }
 
     fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
-        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.objects)
     }
 
     /// All objects (for assertions).

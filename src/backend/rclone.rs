@@ -150,10 +150,10 @@ struct State {
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
     fn last_log(&self) -> String {
-        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let log = crate::sync::lock(&self.log);
         log.iter()
             .rev()
             .find(|l| l.contains("ERROR") || l.contains("CRITICAL") || l.contains("Fatal"))
@@ -273,12 +273,7 @@ impl RcloneBackend {
             let deadline = Instant::now() + START_TIMEOUT;
             let mut state = backend.shared.state();
             while state.ready.is_none() && state.failed.is_none() && Instant::now() < deadline {
-                state = backend
-                    .shared
-                    .changed
-                    .wait_timeout(state, Duration::from_millis(100))
-                    .map(|(s, _)| s)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                state = crate::sync::wait(&backend.shared.changed, state, Duration::from_millis(100));
             }
             if let Some(why) = state.failed.clone() {
                 drop(state);
@@ -359,12 +354,7 @@ impl RcloneBackend {
                     self.remote
                 ))));
             }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, Duration::from_millis(100))
-                .map(|(s, _)| s)
-                .unwrap_or_else(|p| p.into_inner().0);
+            state = crate::sync::wait(&self.shared.changed, state, Duration::from_millis(100));
         }
     }
 
@@ -584,7 +574,7 @@ fn fail_or_pause(shared: &Shared, remote: &str, why: String, pause: &mut Duratio
     }
     log::warn!("rclone {remote}: rclone rcd exited ({why}); restarting in {} ms", pause.as_millis());
     let state = shared.state();
-    let _ = shared.changed.wait_timeout(state, *pause);
+    drop(crate::sync::wait(&shared.changed, state, *pause));
     *pause = (*pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
     false
 }
@@ -602,7 +592,7 @@ fn forward_log(err: std::process::ChildStderr, remote: &str, shared: &Shared) {
         } else {
             log::info!("rclone {remote}: {text}");
         }
-        let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = crate::sync::lock(&shared.log);
         if log.len() == LOG_LINES {
             log.pop_front();
         }

@@ -4,6 +4,7 @@
 
 use super::{BlockStore, Zeroed};
 use crate::core::Geometry;
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -11,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Open descriptors are cached in this many shards of at most this many.
 const FD_SHARDS: usize = 16;
@@ -39,11 +40,6 @@ pub struct DirStore {
 #[derive(Default)]
 struct FdShard {
     files: HashMap<u64, (Arc<File>, u64)>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded data stays consistent even if a holder panicked.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Writes at least this large that end a block start its writeback.

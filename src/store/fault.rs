@@ -94,8 +94,7 @@ impl CrashStore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock can only come from a test assertion.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// The next operation of kind `op` fails with `errno`.

@@ -18,7 +18,7 @@ impl MemStore {
 
     fn blocks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<u8>>> {
         // A panic while holding this lock can only come from a test assertion.
-        self.blocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.blocks)
     }
 
     /// The stored blocks and their contents (for assertions).

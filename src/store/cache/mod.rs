@@ -39,6 +39,7 @@ use crate::backend::{ObjectBackend, block_key};
 use crate::core::{Geometry, is_zero};
 use crate::errors::context;
 use crate::meta::Meta;
+use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -288,10 +289,6 @@ pub struct CacheStore {
     closed: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn eio(message: String) -> io::Error {
     io::Error::other(message)
 }
@@ -355,6 +352,11 @@ enum Got<'a> {
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// Waits up to `timeout` for a change of the state.
+    fn wait<'a>(&'a self, s: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+        crate::sync::wait(&self.changed, s, timeout)
     }
 
     fn block_path(&self, block: u64) -> PathBuf {
@@ -441,11 +443,7 @@ impl Inner {
             }
             s.space_waiters += 1;
             self.changed.notify_all();
-            s = self
-                .changed
-                .wait_timeout(s, Duration::from_secs(1))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            s = self.wait(s, Duration::from_secs(1));
             s.space_waiters -= 1;
         }
     }
@@ -629,11 +627,7 @@ impl Inner {
                     let urgent = s.flushers > 0 || s.space_waiters > 0;
                     let now = Instant::now();
                     let Some(&block) = s.queue.front() else {
-                        s = self
-                            .changed
-                            .wait_timeout(s, Duration::from_secs(1))
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|p| p.into_inner().0);
+                        s = self.wait(s, Duration::from_secs(1));
                         continue;
                     };
                     let Some(e) = s.entries.get(&block) else {
@@ -642,11 +636,7 @@ impl Inner {
                     };
                     let due = e.dirty_since + self.config.upload_delay;
                     if !urgent && now < due {
-                        s = self
-                            .changed
-                            .wait_timeout(s, due - now)
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|p| p.into_inner().0);
+                        s = self.wait(s, due - now);
                         continue;
                     }
                     s.queue.pop_front();
@@ -746,7 +736,7 @@ impl Inner {
             if let Some(pause) = backoff {
                 let s = self.state();
                 if !s.stop {
-                    drop(self.changed.wait_timeout(s, pause));
+                    drop(self.wait(s, pause));
                 }
             }
         }
@@ -784,11 +774,7 @@ impl Inner {
             if s.stop {
                 break Err(eio("cache store stopped".into()));
             }
-            s = self
-                .changed
-                .wait_timeout(s, Duration::from_millis(200))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            s = self.wait(s, Duration::from_millis(200));
         };
         s.flushers -= 1;
         result
@@ -857,11 +843,7 @@ impl Inner {
             let next = Instant::now() + Duration::from_secs(1);
             let mut s = self.state();
             while !s.stop && Instant::now() < next {
-                s = self
-                    .changed
-                    .wait_timeout(s, next - Instant::now())
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                s = self.wait(s, next - Instant::now());
             }
             if s.stop {
                 return;
