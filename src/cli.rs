@@ -257,13 +257,12 @@ fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCod
             Err(err) => Err(err),
         },
         Commands::Cleanup { name, config, config_dir } => {
-            let defs = match (name, config) {
-                (_, Some(file)) => config::Definition::load(file, None).map(|d| vec![d]).map_err(anyhow::Error::from),
-                (Some(name), None) => {
-                    config::Definition::load_named(config_dir, name).map(|d| vec![d]).map_err(anyhow::Error::from)
-                }
-                (None, None) => config::load_dir(config_dir).map(|(good, _)| good).map_err(anyhow::Error::from),
-            };
+            let defs = match config::Definition::chosen(name.as_deref(), config.as_deref(), config_dir) {
+                Ok(Some(def)) => Ok(vec![def]),
+                Ok(None) => config::load_dir(config_dir).map(|(good, _)| good),
+                Err(err) => Err(err),
+            }
+            .map_err(anyhow::Error::from);
             defs.and_then(|defs| service::cleanup(&defs))
         }
         _ => return None,
@@ -284,11 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let block_size = parse_size(&block_size).map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
             crate::core::Geometry::new(size, block_size)
                 .map_err(|e| anyhow::anyhow!("--{}: {e}", e.field().replace('_', "-")))?;
-            let def = match (definition, file) {
-                (_, Some(file)) => Some(config::Definition::load(&file, None)?),
-                (Some(name), None) => Some(config::Definition::load_named(&config_dir, &name)?),
-                (None, None) => None,
-            };
+            let def = config::Definition::chosen(definition.as_deref(), file.as_deref(), &config_dir)?;
             let (place, meta) = match (def, store) {
                 (Some(def), _) if def.remote.is_some() => {
                     let remote = def.remote.as_ref().map(|r| &r.backend).context("internal error: no backend")?;
@@ -343,10 +338,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::BreakLock { name, config: file, config_dir } => {
-            let def = match (name, file) {
-                (_, Some(file)) => config::Definition::load(&file, None)?,
-                (Some(name), None) => config::Definition::load_named(&config_dir, &name)?,
-                (None, None) => bail!("give a definition NAME or --config FILE"),
+            let Some(def) = config::Definition::chosen(name.as_deref(), file.as_deref(), &config_dir)? else {
+                bail!("give a definition NAME or --config FILE");
             };
             let Some(remote) = &def.remote else {
                 bail!(

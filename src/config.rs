@@ -434,6 +434,16 @@ impl Definition {
     }
 
     /// Reads `DIR/NAME.toml`, refusing unsafe names.
+    /// The definition a command names with `--config FILE` (which wins) or
+    /// NAME (in `dir`); `None` when it names neither.
+    pub fn chosen(name: Option<&str>, file: Option<&Path>, dir: &Path) -> Result<Option<Self>, ConfigError> {
+        match (name, file) {
+            (_, Some(file)) => Self::load(file, None).map(Some),
+            (Some(name), None) => Self::load_named(dir, name).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
     pub fn load_named(dir: &Path, name: &str) -> Result<Self, ConfigError> {
         let file = definition_path(dir, name).map_err(ConfigError)?;
         Self::load(&file, Some(name))
