@@ -120,7 +120,6 @@ impl Backing {
         match self {
             Backing::Dir { store } => {
                 let dir_store = Arc::new(DirStore::open(&store, geometry)?);
-                dir_store.remove_temporaries()?;
                 Ok(Stack { store: dir_store.clone(), dir: Some(dir_store), cache: None, remote_lock: None })
             }
             Backing::Remote { backend, cache } => {

@@ -136,10 +136,6 @@ enum Entry {
     Finding(Finding),
 }
 
-fn is_temporary(name: &str) -> bool {
-    name.len() > ".tmp".len() + 1 && name.starts_with('.') && name.ends_with(".tmp")
-}
-
 /// Checks (and with `repair`, repairs) the store at `store`. An error means
 /// the store could not be checked at all (no store, damaged `onefs.json`,
 /// mounted, unreadable directory).
@@ -229,7 +225,7 @@ fn classify(geometry: &Geometry, entry: &fs::DirEntry, repair: bool) -> Entry {
             None,
         );
     }
-    if is_temporary(name) && is_file {
+    if crate::store::dir::is_temporary(name) && is_file {
         let repair = repair.then(|| match fs::remove_file(&path) {
             Ok(()) => Ok("removed".to_string()),
             Err(e) => Err(e.to_string()),

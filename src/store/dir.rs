@@ -25,6 +25,12 @@ const FDS_PER_SHARD: usize = 64;
 /// time; a block file resized in place is still caught when it is opened.
 pub const CLEAN_MARK: &str = "onefs.clean";
 
+/// A file written beside its final name and renamed or linked into place
+/// (`.NAME.tmp`); one still there was left by a crash.
+pub fn is_temporary(name: &str) -> bool {
+    name.len() > ".tmp".len() + 1 && name.starts_with('.') && name.ends_with(".tmp")
+}
+
 pub struct DirStore {
     root: PathBuf,
     dir: File,
@@ -112,27 +118,6 @@ impl DirStore {
             dirty: Mutex::new(HashSet::new()),
             flush: Default::default(),
         })
-    }
-
-    /// Removes temporary files (`.NAME.tmp`) a crash may have left, so a
-    /// store holds only its description, lock and block files. Only called
-    /// when a mount takes the store, under its lock: nothing else is running.
-    pub fn remove_temporaries(&self) -> io::Result<usize> {
-        let mut removed = 0;
-        for entry in fs::read_dir(&self.root).map_err(|e| at(&self.root, e))? {
-            let entry = entry.map_err(|e| at(&self.root, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                fs::remove_file(entry.path()).map_err(|e| at(&entry.path(), e))?;
-                log::warn!("{}: removed a temporary file left by a crash", entry.path().display());
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            self.dir.sync_all().map_err(|e| at(&self.root, e))?;
-        }
-        Ok(removed)
     }
 
     pub fn root(&self) -> &Path {
@@ -348,13 +333,21 @@ impl DirStore {
 }
 
 impl BlockStore for DirStore {
+    /// Also removes the temporaries a crash left (the only caller is a mount
+    /// taking the store under its lock, so nothing else is writing), once
+    /// the store is known to be mountable: a refused mount changes nothing.
     fn list(&self) -> io::Result<Vec<u64>> {
         let before = DirStamp::of(&self.dir).map_err(|e| at(&self.root, e))?;
         let mut blocks = Vec::new();
+        let mut temporaries = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(|e| at(&self.root, e))? {
             let entry = entry.map_err(|e| at(&self.root, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if is_temporary(name) {
+                temporaries.push(entry.path());
+                continue;
+            }
             if !name.starts_with(crate::core::geometry::BLOCK_PREFIX) {
                 continue;
             }
@@ -378,6 +371,13 @@ impl BlockStore for DirStore {
             log::debug!("{}: unchanged since its clean unmount; block sizes not rechecked", self.root.display());
         } else {
             self.check_block_lengths(&blocks)?;
+        }
+        for path in &temporaries {
+            fs::remove_file(path).map_err(|e| at(path, e))?;
+            log::warn!("{}: removed a temporary file left by a crash", path.display());
+        }
+        if !temporaries.is_empty() {
+            self.dir.sync_all().map_err(|e| at(&self.root, e))?;
         }
         Ok(blocks)
     }
