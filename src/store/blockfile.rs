@@ -53,6 +53,16 @@ pub fn read_or_zeros(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()>
     Ok(())
 }
 
+/// Reads what the page cache already holds of `buf`'s range without waiting
+/// for the disk: the bytes read (short at the end of the file or of what is
+/// cached), or None when the first page is not in the cache.
+pub fn read_cached(file: &File, offset: u64, buf: &mut [u8]) -> Option<usize> {
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: one iovec over a live, exclusively borrowed buffer.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT) };
+    if n < 0 { None } else { Some(n as usize) }
+}
+
 fn scan(file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool> {
     while pos < end {
         let want = buf.len().min((end - pos) as usize);
@@ -132,9 +142,52 @@ impl FlushState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Drops a file's (clean) pages from the page cache.
+    pub(crate) fn evict(file: &File) {
+        file.sync_all().unwrap();
+        // SAFETY: advice on a live descriptor.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
+
+    /// How many of the first `len` bytes' pages are in the page cache.
+    pub(crate) fn cached_pages(file: &File, len: usize) -> usize {
+        const PAGE: usize = 4096;
+        // SAFETY: a private read-only mapping of a live file, unmapped below;
+        // mincore only reports residency and never faults pages in.
+        unsafe {
+            let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut resident = vec![0u8; len.div_ceil(PAGE)];
+            assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+            resident.iter().filter(|&&r| r & 1 != 0).count()
+        }
+    }
+
+    #[test]
+    fn read_cached_serves_only_what_the_page_cache_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options().read(true).write(true).create_new(true).open(dir.path().join("b")).unwrap();
+        file.write_all_at(&[7u8; 8192], 0).unwrap();
+        let mut buf = vec![0u8; 16384];
+        assert_eq!(read_cached(&file, 0, &mut buf), Some(8192), "short at the end of the file");
+        assert!(buf[..8192].iter().all(|&b| b == 7));
+        assert_eq!(read_cached(&file, 8192, &mut buf), Some(0), "the end of the file is not a miss");
+        evict(&file);
+        assert_eq!(cached_pages(&file, 8192), 0, "{:?} must drop clean pages", dir.path());
+        // A miss starts reading the page; on a fast disk it may already be
+        // there when the call looks again, so either answer can come back.
+        buf.fill(0);
+        match read_cached(&file, 0, &mut buf[..4096]) {
+            None => {}
+            Some(n) => assert!(n == 4096 && buf[..4096].iter().all(|&b| b == 7), "{n} bytes"),
+        }
+    }
 
     #[test]
     fn sees_data_past_a_hole_and_ignores_holes() {

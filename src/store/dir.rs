@@ -45,8 +45,25 @@ pub struct DirStore {
 
 #[derive(Default)]
 struct FdShard {
-    files: HashMap<u64, (Arc<File>, u64)>,
+    files: HashMap<u64, CachedFd>,
 }
+
+struct CachedFd {
+    file: Arc<File>,
+    /// Clock value of the last use, for eviction.
+    used: u64,
+    /// Reads that missed the page cache since the block was last fetched whole.
+    misses: u32,
+}
+
+/// A block that misses the page cache this many times while its descriptor
+/// stays cached is read ahead whole: it is being read at random within a
+/// working set small enough to keep. Measured with 4 MiB blocks, random 4 KiB
+/// reads at depth 32 after dropping caches: over 1 GiB 27-33k -> 51-53k IOPS;
+/// over 16 GiB (four times the descriptor cache) 13-17k before and 14-15k
+/// after, where fetching at the second miss already pulled whole blocks for
+/// single pages (3k).
+const MISSES_BEFORE_READ_AHEAD: u32 = 8;
 
 /// Writes at least this large that end a block start its writeback.
 const WRITEBACK_MIN: usize = 128 << 10;
@@ -63,6 +80,13 @@ fn start_writeback(file: &File) {
 }
 
 /// Names the block file in an I/O error, keeping its errno.
+/// Starts reading the first `len` bytes of a block file into the page cache
+/// without waiting. A hint only, like `start_writeback`.
+fn read_ahead(file: &File, len: u64) {
+    // SAFETY: advice on a descriptor we own.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, len as i64, libc::POSIX_FADV_WILLNEED) };
+}
+
 fn at(path: &Path, err: io::Error) -> io::Error {
     crate::errors::context(path.display(), err)
 }
@@ -135,9 +159,9 @@ impl DirStore {
     /// An open descriptor for a block file, from the cache or freshly opened.
     fn file(&self, block: u64, create: bool) -> io::Result<Arc<File>> {
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        if let Some((file, used)) = lock(self.shard(block)).files.get_mut(&block) {
-            *used = now;
-            return Ok(file.clone());
+        if let Some(cached) = lock(self.shard(block)).files.get_mut(&block) {
+            cached.used = now;
+            return Ok(cached.file.clone());
         }
         let path = self.block_path(block);
         let file = OpenOptions::new()
@@ -171,12 +195,25 @@ impl DirStore {
         let file = Arc::new(file);
         let mut shard = lock(self.shard(block));
         if shard.files.len() >= FDS_PER_SHARD
-            && let Some(oldest) = shard.files.iter().min_by_key(|(_, (_, used))| *used).map(|(b, _)| *b)
+            && let Some(oldest) = shard.files.iter().min_by_key(|(_, cached)| cached.used).map(|(b, _)| *b)
         {
             shard.files.remove(&oldest);
         }
-        shard.files.insert(block, (file.clone(), now));
+        shard.files.insert(block, CachedFd { file: file.clone(), used: now, misses: 0 });
         Ok(file)
+    }
+
+    /// Counts a page-cache miss in `block`; true when it is time to read the
+    /// whole block ahead.
+    fn missed(&self, block: u64) -> bool {
+        let mut shard = lock(self.shard(block));
+        let Some(cached) = shard.files.get_mut(&block) else { return false };
+        cached.misses += 1;
+        if cached.misses >= MISSES_BEFORE_READ_AHEAD {
+            cached.misses = 0;
+            return true;
+        }
+        false
     }
 
     fn forget_fd(&self, block: u64) {
@@ -306,7 +343,7 @@ impl DirStore {
         // time. Cached descriptors only; the fsyncs below make it durable.
         if blocks.len() > 1 {
             for &block in blocks {
-                let cached = lock(self.shard(block)).files.get(&block).map(|(f, _)| f.clone());
+                let cached = lock(self.shard(block)).files.get(&block).map(|cached| cached.file.clone());
                 if let Some(file) = cached {
                     start_writeback(&file);
                 }
@@ -316,7 +353,7 @@ impl DirStore {
             // Runs without the block's lock: a descriptor opened here must not
             // enter the cache, or a concurrent delete + re-create could leave
             // writers holding the unlinked file.
-            let cached = lock(self.shard(block)).files.get(&block).map(|(f, _)| f.clone());
+            let cached = lock(self.shard(block)).files.get(&block).map(|cached| cached.file.clone());
             let file = match cached {
                 Some(file) => Ok(file),
                 None => File::open(self.block_path(block)).map_err(|e| at(&self.block_path(block), e)).map(Arc::new),
@@ -391,7 +428,19 @@ impl BlockStore for DirStore {
             }
             Err(e) => return Err(e),
         };
-        super::blockfile::read_or_zeros(&file, offset, buf).map_err(|e| at(&self.block_path(block), e))
+        // Served from the page cache without blocking when it holds the
+        // range; only a miss is counted and waits for the disk.
+        let cached = match super::blockfile::read_cached(&file, offset, buf) {
+            Some(n) => n,
+            None => {
+                if self.missed(block) {
+                    read_ahead(&file, self.geometry.block_size());
+                }
+                0
+            }
+        };
+        super::blockfile::read_or_zeros(&file, offset + cached as u64, &mut buf[cached..])
+            .map_err(|e| at(&self.block_path(block), e))
     }
 
     fn write_at(&self, block: u64, offset: u64, data: &[u8], create: bool) -> io::Result<()> {
@@ -467,6 +516,7 @@ impl BlockStore for DirStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::blockfile::tests::{cached_pages, evict};
 
     const BS: u64 = 64 << 10;
 
@@ -539,5 +589,59 @@ mod tests {
         grow_in_place(&dir.path().join("blk-00001"));
         let s = store(dir.path());
         assert!(s.list().is_err(), "a stale mark must not skip the check");
+    }
+
+    #[test]
+    fn reads_are_exact_whether_cached_evicted_or_past_a_short_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let data: Vec<u8> = (0..BS).map(|i| (i % 251) as u8 + 1).collect();
+        s.write_at(3, 0, &data, true).unwrap();
+        let file = s.file(3, false).unwrap();
+        let read = |offset: usize, len: usize| {
+            let mut buf = vec![0u8; len];
+            s.read_at(3, offset as u64, &mut buf).unwrap();
+            buf
+        };
+        assert_eq!(read(4096, 8192), data[4096..12288], "cached");
+        evict(&file);
+        assert_eq!(read(8192, 4096), data[8192..12288], "evicted");
+        evict(&file);
+        assert_eq!(read(0, 4096), data[..4096]);
+        assert_eq!(read(0, 3 * 4096), data[..3 * 4096], "first page cached, the rest maybe not");
+        file.set_len(BS / 2).unwrap();
+        let across = read(BS as usize / 2 - 4096, 8192);
+        assert_eq!(across[..4096], data[BS as usize / 2 - 4096..BS as usize / 2]);
+        assert!(across[4096..].iter().all(|&b| b == 0), "a short block file reads as zeros past its end");
+    }
+
+    #[test]
+    fn a_block_that_keeps_missing_the_page_cache_is_read_ahead_whole() {
+        const BIG: u64 = 4 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path(), Geometry::new(4 * BIG, BIG).unwrap()).unwrap();
+        s.write_at(1, 0, &vec![9u8; BIG as usize], true).unwrap();
+        let file = s.file(1, false).unwrap();
+        let all_cached = |file: &File| cached_pages(file, BIG as usize) == (BIG / 4096) as usize;
+        for miss in 1..MISSES_BEFORE_READ_AHEAD {
+            evict(&file);
+            s.read_at(1, 0, &mut [0u8; 4096]).unwrap();
+            assert!(!all_cached(&file), "read ahead whole after only {miss} misses");
+        }
+        // A miss can be served after all when the disk answers within the
+        // call, so keep missing until the block is read ahead.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        'missing: loop {
+            evict(&file);
+            s.read_at(1, 0, &mut [0u8; 4096]).unwrap();
+            for _ in 0..200 {
+                if all_cached(&file) {
+                    break 'missing;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(std::time::Instant::now() < deadline, "never read ahead whole");
+        }
+        assert!(!s.missed(7), "a block without a cached descriptor is not counted");
     }
 }
