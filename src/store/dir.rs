@@ -5,6 +5,7 @@
 use super::{BlockStore, Zeroed};
 use crate::core::Geometry;
 use crate::sync::lock;
+use nix::fcntl::AtFlags;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -240,19 +241,12 @@ impl DirStore {
         // here): spread them over a few threads.
         const THREADS: usize = 4;
         let lengths: Vec<io::Result<u64>> = if blocks.len() < 1024 {
-            blocks.iter().map(|&b| fs::symlink_metadata(self.block_path(b)).map(|m| m.len())).collect()
+            blocks.iter().map(|&b| self.stored_len(b)).collect()
         } else {
             std::thread::scope(|scope| {
                 let workers: Vec<_> = blocks
                     .chunks(blocks.len().div_ceil(THREADS))
-                    .map(|chunk| {
-                        scope.spawn(move || {
-                            chunk
-                                .iter()
-                                .map(|&b| fs::symlink_metadata(self.block_path(b)).map(|m| m.len()))
-                                .collect::<Vec<_>>()
-                        })
-                    })
+                    .map(|chunk| scope.spawn(move || chunk.iter().map(|&b| self.stored_len(b)).collect::<Vec<_>>()))
                     .collect();
                 workers
                     .into_iter()
@@ -284,6 +278,14 @@ impl DirStore {
             );
         }
         Ok(())
+    }
+
+    /// A block file's length, looked up by name in the open store directory
+    /// (no walk of the store's path for each of 100 000 files).
+    fn stored_len(&self, block: u64) -> io::Result<u64> {
+        let stat =
+            nix::sys::stat::fstatat(&self.dir, self.geometry.block_name(block).as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        Ok(stat.st_size as u64)
     }
 
     fn check_length(&self, path: &Path, len: u64) -> io::Result<()> {
