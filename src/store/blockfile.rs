@@ -53,14 +53,31 @@ pub fn read_or_zeros(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()>
     Ok(())
 }
 
+/// What `read_cached` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cached {
+    /// This many bytes (short at the end of the file or of what is cached).
+    Read(usize),
+    /// The first page is not in the page cache (or the read failed: the
+    /// blocking read that follows reports it).
+    Miss,
+    /// The file's filesystem cannot read without blocking.
+    Unsupported,
+}
+
 /// Reads what the page cache already holds of `buf`'s range without waiting
-/// for the disk: the bytes read (short at the end of the file or of what is
-/// cached), or None when the first page is not in the cache.
-pub fn read_cached(file: &File, offset: u64, buf: &mut [u8]) -> Option<usize> {
+/// for the disk.
+pub fn read_cached(file: &File, offset: u64, buf: &mut [u8]) -> Cached {
     let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: one iovec over a live, exclusively borrowed buffer.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT) };
-    if n < 0 { None } else { Some(n as usize) }
+    if n >= 0 {
+        return Cached::Read(n as usize);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => Cached::Unsupported,
+        _ => Cached::Miss,
+    }
 }
 
 fn scan(file: &File, mut pos: u64, end: u64, buf: &mut [u8]) -> io::Result<bool> {
@@ -175,18 +192,22 @@ pub(crate) mod tests {
         let file = File::options().read(true).write(true).create_new(true).open(dir.path().join("b")).unwrap();
         file.write_all_at(&[7u8; 8192], 0).unwrap();
         let mut buf = vec![0u8; 16384];
-        assert_eq!(read_cached(&file, 0, &mut buf), Some(8192), "short at the end of the file");
+        assert_eq!(read_cached(&file, 0, &mut buf), Cached::Read(8192), "short at the end of the file");
         assert!(buf[..8192].iter().all(|&b| b == 7));
-        assert_eq!(read_cached(&file, 8192, &mut buf), Some(0), "the end of the file is not a miss");
+        assert_eq!(read_cached(&file, 8192, &mut buf), Cached::Read(0), "the end of the file is not a miss");
         evict(&file);
         assert_eq!(cached_pages(&file, 8192), 0, "{:?} must drop clean pages", dir.path());
         // A miss starts reading the page; on a fast disk it may already be
         // there when the call looks again, so either answer can come back.
         buf.fill(0);
         match read_cached(&file, 0, &mut buf[..4096]) {
-            None => {}
-            Some(n) => assert!(n == 4096 && buf[..4096].iter().all(|&b| b == 7), "{n} bytes"),
+            Cached::Miss => {}
+            Cached::Read(n) => assert!(n == 4096 && buf[..4096].iter().all(|&b| b == 7), "{n} bytes"),
+            Cached::Unsupported => panic!("{:?} cannot read without blocking", dir.path()),
         }
+        // procfs has no non-blocking reads.
+        let proc = File::open("/proc/version").unwrap();
+        assert_eq!(read_cached(&proc, 0, &mut buf), Cached::Unsupported);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! exactly the raw bytes of that block (holes where it was zeroed), so a store
 //! stays readable with standard tools.
 
+use super::blockfile::Cached;
 use super::{BlockStore, Zeroed};
 use crate::core::Geometry;
 use crate::sync::lock;
@@ -12,7 +13,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Open descriptors are cached in this many shards of at most this many.
@@ -42,6 +43,8 @@ pub struct DirStore {
     dirty: Mutex<HashSet<u64>>,
     /// Created/removed files and sticky flush failures.
     flush: super::blockfile::FlushState,
+    /// Whether the store's filesystem serves `RWF_NOWAIT` reads.
+    nonblocking_reads: AtomicBool,
 }
 
 #[derive(Default)]
@@ -142,6 +145,7 @@ impl DirStore {
             clock: AtomicU64::new(0),
             dirty: Mutex::new(HashSet::new()),
             flush: Default::default(),
+            nonblocking_reads: AtomicBool::new(true),
         })
     }
 
@@ -432,15 +436,21 @@ impl BlockStore for DirStore {
         };
         // Served from the page cache without blocking when it holds the
         // range; only a miss is counted and waits for the disk.
-        let cached = match super::blockfile::read_cached(&file, offset, buf) {
-            Some(n) => n,
-            None => {
-                if self.missed(block) {
-                    read_ahead(&file, self.geometry.block_size());
+        let mut cached = 0;
+        if self.nonblocking_reads.load(Ordering::Relaxed) {
+            match super::blockfile::read_cached(&file, offset, buf) {
+                Cached::Read(n) => cached = n,
+                Cached::Miss => {
+                    if self.missed(block) {
+                        read_ahead(&file, self.geometry.block_size());
+                    }
                 }
-                0
+                Cached::Unsupported => {
+                    log::debug!("{}: no non-blocking reads on this filesystem", self.root.display());
+                    self.nonblocking_reads.store(false, Ordering::Relaxed);
+                }
             }
-        };
+        }
         super::blockfile::read_or_zeros(&file, offset + cached as u64, &mut buf[cached..])
             .map_err(|e| at(&self.block_path(block), e))
     }
