@@ -83,7 +83,6 @@ fn start_writeback(file: &File) {
     unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
-/// Names the block file in an I/O error, keeping its errno.
 /// Starts reading the first `len` bytes of a block file into the page cache
 /// without waiting. A hint only, like `start_writeback`.
 fn read_ahead(file: &File, len: u64) {
@@ -91,6 +90,7 @@ fn read_ahead(file: &File, len: u64) {
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, len as i64, libc::POSIX_FADV_WILLNEED) };
 }
 
+/// Names the block file in an I/O error, keeping its errno.
 fn at(path: &Path, err: io::Error) -> io::Error {
     crate::errors::context(path.display(), err)
 }
