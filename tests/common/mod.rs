@@ -141,15 +141,34 @@ impl Loop {
         args.push(file.to_str().unwrap());
         Loop(run("losetup", &args).trim().to_string())
     }
+    /// Detaches and waits until the device has let go of its file. While
+    /// anybody else holds the device open (udev probing it after an
+    /// unmount), `losetup -d` only marks it for auto-clear and returns, and
+    /// the file it holds would make the next `umount` fail with EBUSY.
     pub fn detach(self) {
         run("losetup", &["-d", &self.0]);
+        assert!(self.wait_released(Duration::from_secs(20)), "{} still holds its file 20 s after losetup -d", self.0);
         std::mem::forget(self);
+    }
+
+    fn wait_released(&self, timeout: Duration) -> bool {
+        let name = self.0.trim_start_matches("/dev/");
+        let backing = PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
+        let deadline = Instant::now() + timeout;
+        while backing.exists() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 }
 
 impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        self.wait_released(Duration::from_secs(5));
     }
 }
 
