@@ -186,6 +186,32 @@ pub(crate) mod tests {
         }
     }
 
+    /// How many of a file's pages are dirty or under writeback, by
+    /// cachestat(2) (Linux 6.5).
+    pub(crate) fn unwritten_pages(file: &File) -> u64 {
+        #[repr(C)]
+        struct Range {
+            offset: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            cache: u64,
+            dirty: u64,
+            writeback: u64,
+            evicted: u64,
+            recently_evicted: u64,
+        }
+        const SYS_CACHESTAT: libc::c_long = 451;
+        let range = Range { offset: 0, len: 0 };
+        let mut stat = Stat::default();
+        // SAFETY: both structs match the kernel's layout and outlive the call.
+        let rc = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range, &mut stat, 0) };
+        assert_eq!(rc, 0, "cachestat: {}", std::io::Error::last_os_error());
+        stat.dirty + stat.writeback
+    }
+
     #[test]
     fn read_cached_serves_only_what_the_page_cache_holds() {
         let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Open descriptors are cached in this many shards of at most this many.
@@ -37,19 +37,28 @@ pub struct DirStore {
     root: PathBuf,
     dir: File,
     geometry: Geometry,
-    fds: Vec<Mutex<FdShard>>,
-    clock: AtomicU64,
-    /// Blocks written since the last sync.
-    dirty: Mutex<HashSet<u64>>,
+    /// Descriptor cache and dirty set, sharded by block so that no lock or
+    /// counter is shared by all I/O.
+    shards: Vec<Shard>,
     /// Created/removed files and sticky flush failures.
     flush: super::blockfile::FlushState,
     /// Whether the store's filesystem serves `RWF_NOWAIT` reads.
     nonblocking_reads: AtomicBool,
 }
 
+/// One shard on its own cache lines: neighbouring shards locked from
+/// different CPUs must not bounce a shared line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<FdShard>);
+
 #[derive(Default)]
 struct FdShard {
     files: HashMap<u64, CachedFd>,
+    /// Shard-local clock for least-recently-used eviction.
+    clock: u64,
+    /// Blocks of this shard written since the last sync.
+    dirty: HashSet<u64>,
 }
 
 struct CachedFd {
@@ -141,9 +150,7 @@ impl DirStore {
             root: root.to_path_buf(),
             dir,
             geometry,
-            fds: (0..FD_SHARDS).map(|_| Mutex::new(FdShard::default())).collect(),
-            clock: AtomicU64::new(0),
-            dirty: Mutex::new(HashSet::new()),
+            shards: (0..FD_SHARDS).map(|_| Shard::default()).collect(),
             flush: Default::default(),
             nonblocking_reads: AtomicBool::new(true),
         })
@@ -158,15 +165,19 @@ impl DirStore {
     }
 
     fn shard(&self, block: u64) -> &Mutex<FdShard> {
-        &self.fds[(block as usize) % FD_SHARDS]
+        &self.shards[(block as usize) % FD_SHARDS].0
     }
 
     /// An open descriptor for a block file, from the cache or freshly opened.
     fn file(&self, block: u64, create: bool) -> io::Result<Arc<File>> {
-        let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        if let Some(cached) = lock(self.shard(block)).files.get_mut(&block) {
-            cached.used = now;
-            return Ok(cached.file.clone());
+        {
+            let mut shard = lock(self.shard(block));
+            shard.clock += 1;
+            let now = shard.clock;
+            if let Some(cached) = shard.files.get_mut(&block) {
+                cached.used = now;
+                return Ok(cached.file.clone());
+            }
         }
         let path = self.block_path(block);
         let file = OpenOptions::new()
@@ -199,6 +210,8 @@ impl DirStore {
         self.check_length(&path, file.metadata().map_err(|e| at(&path, e))?.len())?;
         let file = Arc::new(file);
         let mut shard = lock(self.shard(block));
+        shard.clock += 1;
+        let now = shard.clock;
         if shard.files.len() >= FDS_PER_SHARD
             && let Some(oldest) = shard.files.iter().min_by_key(|(_, cached)| cached.used).map(|(b, _)| *b)
         {
@@ -226,7 +239,7 @@ impl DirStore {
     }
 
     fn mark_dirty(&self, block: u64) {
-        lock(&self.dirty).insert(block);
+        lock(self.shard(block)).dirty.insert(block);
     }
 
     /// True if the block file holds no non-zero byte.
@@ -506,13 +519,13 @@ impl BlockStore for DirStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(at(&path, e)),
         }
-        lock(&self.dirty).remove(&block);
+        lock(self.shard(block)).dirty.remove(&block);
         self.flush.names_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
-        let blocks: Vec<u64> = std::mem::take(&mut *lock(&self.dirty)).into_iter().collect();
+        let blocks: Vec<u64> = self.shards.iter().flat_map(|shard| std::mem::take(&mut lock(&shard.0).dirty)).collect();
         let names_dirty = self.flush.take_names_dirty();
         let failures = self.fsync_blocks(&blocks);
         let dir_result = if names_dirty { self.dir.sync_all().map_err(|e| at(&self.root, e)) } else { Ok(()) };
@@ -528,7 +541,7 @@ impl BlockStore for DirStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::blockfile::tests::{cached_pages, evict};
+    use crate::store::blockfile::tests::{cached_pages, evict, unwritten_pages};
 
     const BS: u64 = 64 << 10;
 
@@ -538,6 +551,26 @@ mod tests {
 
     fn grow_in_place(path: &Path) {
         OpenOptions::new().write(true).open(path).unwrap().set_len(BS + 1).unwrap();
+    }
+
+    #[test]
+    fn sync_writes_out_every_block_written_since_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        // More blocks than shards, so every shard holds some; small writes
+        // away from a block's end, which start no writeback of their own.
+        let blocks: Vec<u64> = (0..2 * FD_SHARDS as u64 + 3).collect();
+        for &block in &blocks {
+            s.write_at(block, 4096, b"data", true).unwrap();
+        }
+        s.delete(7).unwrap();
+        let unwritten = |block: u64| unwritten_pages(&File::open(s.block_path(block)).unwrap());
+        let live = || blocks.iter().copied().filter(|&b| b != 7);
+        assert!(live().all(|b| unwritten(b) > 0), "the writes are still in the page cache");
+        s.sync().unwrap();
+        for block in live() {
+            assert_eq!(unwritten(block), 0, "block {block} was not written out by sync");
+        }
     }
 
     #[test]
