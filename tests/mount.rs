@@ -102,7 +102,10 @@ fn raw_writes_map_to_block_files_and_zeros_are_never_stored() {
     pwrite(&disk, 21 * MIB, &vec![0u8; MIB as usize]);
     assert!(block_files(&store).is_empty());
 
+    let before = fs::metadata(&disk).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     pwrite(&disk, 3 * MIB + 100, b"0123456789");
+    assert!(fs::metadata(&disk).unwrap().modified().unwrap() > before, "a write moves disk.img's mtime");
     pwrite(&disk, 10 * MIB, &pattern(3, MIB as usize));
     assert_eq!(block_files(&store), vec!["blk-00004", "blk-00011"]);
     let raw = fs::read(store.join("blk-00004")).unwrap();
