@@ -81,6 +81,9 @@ const MISSES_BEFORE_READ_AHEAD: u32 = 8;
 /// Writes at least this large that end a block start its writeback.
 const WRITEBACK_MIN: usize = 128 << 10;
 
+/// Largest single write into a block file (see `write_at`).
+const WRITE_PIECE: usize = 64 << 10;
+
 /// Starts writing a block file's dirty pages to disk without waiting.
 ///
 /// Called when a large write reaches the end of a block, which is where a
@@ -478,7 +481,15 @@ impl BlockStore for DirStore {
             }
             self.flush.names_dirty.store(true, Ordering::Release);
         }
-        file.write_all_at(data, offset).map_err(|e| at(&self.block_path(block), e))?;
+        // In pieces: one large pwrite puts the data in page-cache folios as
+        // large as the write, and ext4 walks every buffer of a folio on each
+        // later 4 KiB write into it. Random 4 KiB writes over 1 GiB just
+        // written in 1 MiB requests, 4 MiB blocks: 34-38k IOPS with 1 MiB
+        // pieces, 43-45k with 128/256 KiB, 47-49k with 64 KiB.
+        for (i, piece) in data.chunks(WRITE_PIECE).enumerate() {
+            let at_offset = offset + (i * WRITE_PIECE) as u64;
+            file.write_all_at(piece, at_offset).map_err(|e| at(&self.block_path(block), e))?;
+        }
         self.mark_dirty(block);
         // A stream of large writes, not a small random one that happens to
         // touch a block's last page.
@@ -551,6 +562,20 @@ mod tests {
 
     fn grow_in_place(path: &Path) {
         OpenOptions::new().write(true).open(path).unwrap().set_len(BS + 1).unwrap();
+    }
+
+    #[test]
+    fn a_write_larger_than_a_piece_lands_whole_and_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let block_size = 1 << 20;
+        let s = DirStore::open(dir.path(), Geometry::new(4 * block_size, block_size).unwrap()).unwrap();
+        let data: Vec<u8> = (0..5 * WRITE_PIECE + 123).map(|i| (i % 251) as u8 + 1).collect();
+        s.write_at(1, 5000, &data, true).unwrap();
+        let raw = fs::read(s.block_path(1)).unwrap();
+        assert_eq!(raw.len() as u64, block_size);
+        assert!(raw[..5000].iter().all(|&b| b == 0));
+        assert!(raw[5000..5000 + data.len()] == data[..], "the pieces are out of place");
+        assert!(raw[5000 + data.len()..].iter().all(|&b| b == 0));
     }
 
     #[test]
