@@ -187,8 +187,8 @@ pub(crate) mod tests {
     }
 
     /// How many of a file's pages are dirty or under writeback, by
-    /// cachestat(2) (Linux 6.5).
-    pub(crate) fn unwritten_pages(file: &File) -> u64 {
+    /// cachestat(2); None on kernels before 6.5, which lack it.
+    pub(crate) fn unwritten_pages(file: &File) -> Option<u64> {
         #[repr(C)]
         struct Range {
             offset: u64,
@@ -208,8 +208,12 @@ pub(crate) mod tests {
         let mut stat = Stat::default();
         // SAFETY: both structs match the kernel's layout and outlive the call.
         let rc = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range, &mut stat, 0) };
-        assert_eq!(rc, 0, "cachestat: {}", std::io::Error::last_os_error());
-        stat.dirty + stat.writeback
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            assert_eq!(error.raw_os_error(), Some(libc::ENOSYS), "cachestat: {error}");
+            return None;
+        }
+        Some(stat.dirty + stat.writeback)
     }
 
     #[test]

@@ -61,6 +61,13 @@ struct FdShard {
     dirty: HashSet<u64>,
 }
 
+impl FdShard {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
 struct CachedFd {
     file: Arc<File>,
     /// Clock value of the last use, for eviction.
@@ -175,8 +182,7 @@ impl DirStore {
     fn file(&self, block: u64, create: bool) -> io::Result<Arc<File>> {
         {
             let mut shard = lock(self.shard(block));
-            shard.clock += 1;
-            let now = shard.clock;
+            let now = shard.tick();
             if let Some(cached) = shard.files.get_mut(&block) {
                 cached.used = now;
                 return Ok(cached.file.clone());
@@ -213,8 +219,7 @@ impl DirStore {
         self.check_length(&path, file.metadata().map_err(|e| at(&path, e))?.len())?;
         let file = Arc::new(file);
         let mut shard = lock(self.shard(block));
-        shard.clock += 1;
-        let now = shard.clock;
+        let now = shard.tick();
         if shard.files.len() >= FDS_PER_SHARD
             && let Some(oldest) = shard.files.iter().min_by_key(|(_, cached)| cached.used).map(|(b, _)| *b)
         {
@@ -590,11 +595,15 @@ mod tests {
         }
         s.delete(7).unwrap();
         let unwritten = |block: u64| unwritten_pages(&File::open(s.block_path(block)).unwrap());
+        if unwritten(0).is_none() {
+            eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5) to see dirty pages with");
+            return;
+        }
         let live = || blocks.iter().copied().filter(|&b| b != 7);
-        assert!(live().all(|b| unwritten(b) > 0), "the writes are still in the page cache");
+        assert!(live().all(|b| unwritten(b) > Some(0)), "the writes are still in the page cache");
         s.sync().unwrap();
         for block in live() {
-            assert_eq!(unwritten(block), 0, "block {block} was not written out by sync");
+            assert_eq!(unwritten(block), Some(0), "block {block} was not written out by sync");
         }
     }
 
