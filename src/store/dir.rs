@@ -242,6 +242,11 @@ impl DirStore {
         false
     }
 
+    /// The block's descriptor if it is in the cache; never opens one.
+    fn cached_file(&self, block: u64) -> Option<Arc<File>> {
+        lock(self.shard(block)).files.get(&block).map(|cached| cached.file.clone())
+    }
+
     fn forget_fd(&self, block: u64) {
         lock(self.shard(block)).files.remove(&block);
     }
@@ -370,8 +375,7 @@ impl DirStore {
         // time. Cached descriptors only; the fsyncs below make it durable.
         if blocks.len() > 1 {
             for &block in blocks {
-                let cached = lock(self.shard(block)).files.get(&block).map(|cached| cached.file.clone());
-                if let Some(file) = cached {
+                if let Some(file) = self.cached_file(block) {
                     start_writeback(&file);
                 }
             }
@@ -380,8 +384,7 @@ impl DirStore {
             // Runs without the block's lock: a descriptor opened here must not
             // enter the cache, or a concurrent delete + re-create could leave
             // writers holding the unlinked file.
-            let cached = lock(self.shard(block)).files.get(&block).map(|cached| cached.file.clone());
-            let file = match cached {
+            let file = match self.cached_file(block) {
                 Some(file) => Ok(file),
                 None => File::open(self.block_path(block)).map_err(|e| at(&self.block_path(block), e)).map(Arc::new),
             };
