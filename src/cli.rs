@@ -60,7 +60,7 @@ pub enum Commands {
         /// Stay attached and serve in the foreground (for debugging and services)
         #[arg(short, long)]
         foreground: bool,
-        /// Mount options: ro, allow_other, uid=N, gid=N, mode=OCTAL, threads=N
+        /// Mount options: ro, allow_other, uid=N, gid=N, mode=OCTAL, threads=N, io_uring=auto|on|off
         #[arg(short = 'o', long = "options", value_name = "OPTIONS", default_value = "")]
         options: String,
         /// Report readiness on this file descriptor (used by the detaching parent)
@@ -368,6 +368,7 @@ pub(crate) fn options_text(spec: &MountSpec) -> String {
         format!("gid={}", o.access.gid),
         format!("mode={:o}", o.access.mode),
         format!("threads={}", o.threads),
+        format!("io_uring={}", o.io_uring.as_str()),
     ];
     if o.access.read_only {
         parts.push("ro".into());

@@ -10,6 +10,7 @@
 //! gid = 0
 //! mode = "0600"
 //! threads = 16
+//! io_uring = "auto"
 //! log_level = "info"
 //! [create]
 //! size = "1T"
@@ -230,8 +231,7 @@ impl<'a, 't> Table<'a, 't> {
     }
 }
 
-const TOP_KEYS: &str =
-    "store, mountpoint, read_only, allow_other, uid, gid, mode, threads, log_level, [create], [backend], [cache]";
+const TOP_KEYS: &str = "store, mountpoint, read_only, allow_other, uid, gid, mode, threads, io_uring, log_level, [create], [backend], [cache]";
 const CREATE_KEYS: &str = "size, block_size";
 const CACHE_KEYS: &str = "dir, size, durability, upload_workers, upload_delay, retry_timeout";
 const BACKEND_TYPES: &str = "\"dir\", \"s3\", \"rclone\"";
@@ -384,6 +384,9 @@ impl Definition {
                 return Err(top.error(span, "mode", format!("{mode:?} is not an octal mode such as \"0640\"")));
             }
             option(&mut top, "mode", format!("mode={mode}"), span)?;
+        }
+        if let Some((mode, span)) = top.string("io_uring")? {
+            option(&mut top, "io_uring", format!("io_uring={mode}"), span)?;
         }
         let options =
             MountOptions::parse(&items.join(",")).map_err(|e| ConfigError(format!("{}: {e}", file.display())))?;

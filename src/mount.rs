@@ -1,7 +1,9 @@
 //! The life of one mount: checks, lock, FUSE session, readiness, signals,
 //! clean or lazy unmount.
 
-use crate::fuse::OnefsFs;
+use crate::fuse::ring::ENABLE_KNOB;
+use crate::fuse::ring::{RingMode, Rings};
+use crate::fuse::{Disk, OnefsFs};
 use crate::image::Image;
 use crate::lock::StoreLock;
 use crate::mountinfo;
@@ -9,8 +11,10 @@ use crate::options::MountOptions;
 use anyhow::{Context, bail};
 use fuser::{MountOption, SessionACL};
 use nix::mount::{MntFlags, umount2};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -148,6 +152,8 @@ pub struct Mounted {
     pub mountpoint: PathBuf,
     image: Arc<Image>,
     session: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// FUSE over io_uring, when in use.
+    rings: Option<Rings>,
     detached: bool,
     /// A read-only mount leaves the store exactly as it found it.
     read_only: bool,
@@ -208,9 +214,13 @@ impl Mounted {
         config.n_threads = Some(spec.options.threads);
         config.clone_fd = true;
 
-        let fs = OnefsFs::new(image.clone(), spec.options.access);
+        let disk = Arc::new(Disk::new(image.clone(), spec.options.access));
+        let mode = spec.options.io_uring;
+        let ring_agreed = Arc::new(OnceLock::new());
+        let fs = OnefsFs::new(disk.clone(), mode != RingMode::Off, ring_agreed.clone());
         let session = fuser::Session::new(fs, &mountpoint, &config)
             .map_err(|e| anyhow::anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
+        let fuse_fd = session.as_fd().try_clone_to_owned().context("cannot duplicate the /dev/fuse descriptor")?;
         let background = session.spawn().context("cannot start FUSE workers")?;
         let session = std::thread::Builder::new()
             .name("session".into())
@@ -225,12 +235,26 @@ impl Mounted {
             mountpoint,
             image,
             session: Some(session),
+            rings: None,
             detached: false,
             read_only: spec.options.access.read_only,
             stack,
             _lock: lock,
         };
 
+        // Once the kernel agreed to io_uring it holds every request until
+        // the queues are registered (or a registration fails): register
+        // before anything asks the mount a question.
+        if mode != RingMode::Off
+            && let Err(err) = mounted.start_rings(fuse_fd, disk, &ring_agreed, spec.options.threads)
+        {
+            let why = format!("FUSE over io_uring unavailable: {err:#}");
+            if mode == RingMode::On {
+                let _ = mounted.unmount();
+                bail!("{why} (mount option io_uring=on)");
+            }
+            log::info!("{why}; serving through /dev/fuse");
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_live(&mounted.mountpoint, &mounted.store) {
             if Instant::now() > deadline {
@@ -239,9 +263,48 @@ impl Mounted {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        if let Some(rings) = &mounted.rings {
+            if rings.served() == 0 {
+                // Cannot happen while the kernel keeps its word; say so if it does not.
+                log::warn!("io_uring queues registered, but no request came through them");
+            } else {
+                log::info!("serving {} through FUSE over io_uring", mounted.mountpoint.display());
+            }
+        }
         crate::fuse::match_readahead(&mounted.mountpoint, &mounted.store);
         log::info!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display());
         Ok(mounted)
+    }
+
+    /// Moves request handling onto io_uring queues, once fuser has
+    /// answered INIT and the kernel agreed to it.
+    fn start_rings(
+        &mut self,
+        fuse_fd: OwnedFd,
+        disk: Arc<Disk>,
+        agreed: &OnceLock<bool>,
+        threads: usize,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let agreed = loop {
+            match agreed.get() {
+                Some(&agreed) => break agreed,
+                None if Instant::now() > deadline => bail!("no INIT from the kernel within 10s"),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        if !agreed {
+            match std::fs::read_to_string(ENABLE_KNOB) {
+                Ok(value) => bail!("the kernel did not offer it ({ENABLE_KNOB} is {})", value.trim()),
+                Err(_) => bail!("this kernel has no FUSE over io_uring ({ENABLE_KNOB} is missing)"),
+            }
+        }
+        // About twice `threads` entries in all: as many requests may wait
+        // for the disk as with fuser's workers, spread over the CPU queues.
+        let (_, online) = crate::fuse::ring::cpu_counts();
+        let per_queue = (2 * threads).div_ceil(online.max(1));
+        self.rings = Some(Rings::start(fuse_fd, disk, per_queue).context("cannot register io_uring queues")?);
+        Ok(())
     }
 
     /// Whether the mount is still in place and answering (false once
@@ -302,6 +365,9 @@ impl Mounted {
             Some(Err(_)) => Err(std::io::Error::other("the session thread panicked")),
             None => Ok(()),
         };
+        if let Some(rings) = self.rings.take() {
+            rings.join(Duration::from_secs(5));
+        }
         // destroy() flushed already when the kernel said goodbye; flush again
         // in case the session ended without it, and report the outcome.
         let flushed = self.image.sync();

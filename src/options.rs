@@ -1,13 +1,16 @@
 //! Mount options, as given with `-o` (and later by definitions and fstab).
 
 use crate::fuse::Access;
+use crate::fuse::ring::RingMode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     pub access: Access,
     pub allow_other: bool,
-    /// FUSE worker threads.
+    /// FUSE worker threads (and io_uring entries per CPU queue).
     pub threads: usize,
+    /// Whether requests come through FUSE over io_uring.
+    pub io_uring: RingMode,
 }
 
 pub const DEFAULT_THREADS: usize = 16;
@@ -18,6 +21,7 @@ impl Default for MountOptions {
             access: Access { uid: 0, gid: 0, mode: 0o600, read_only: false },
             allow_other: false,
             threads: DEFAULT_THREADS,
+            io_uring: RingMode::Auto,
         }
     }
 }
@@ -60,6 +64,11 @@ impl MountOptions {
                         return Err(format!("mount option {item}: threads must be 1 to 256"));
                     }
                     options.threads = n;
+                }
+                "io_uring" => {
+                    let v = value.ok_or_else(|| format!("mount option {key} needs a value (auto, on or off)"))?;
+                    options.io_uring = RingMode::parse(v)
+                        .ok_or_else(|| format!("mount option {item}: {v:?} is not one of auto, on, off"))?;
                 }
                 k if IGNORED.contains(&k) || k.starts_with("x-") => {}
                 _ => return Err(format!("unknown mount option {item:?}")),

@@ -2,6 +2,12 @@
 //!
 //! Thin by design: decode a request, call the [`Image`], turn an error into
 //! an errno (plus one log line when it is not an expected answer), reply.
+//! [`Disk`] answers every operation; two transports deliver the requests:
+//! fuser's `/dev/fuse` loop ([`OnefsFs`]) and, where the kernel allows it,
+//! FUSE over io_uring ([`ring`]), which takes over once it is registered.
+
+mod abi;
+pub mod ring;
 
 use crate::errors::errno;
 use crate::image::Image;
@@ -13,16 +19,19 @@ use fuser::{
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const DISK_NAME: &str = "disk.img";
 const DISK_INO: INodeNo = INodeNo(2);
-const TTL: Duration = Duration::from_secs(1);
+pub(crate) const TTL: Duration = Duration::from_secs(1);
 /// The largest write the kernel will send (it caps FUSE at 1 MiB anyway).
 pub const MAX_WRITE: u32 = 1 << 20;
+/// Longest name `statfs` admits to.
+pub(crate) const NAME_MAX: u32 = 255;
 
 /// Gives the mount the readahead of the disk that holds the store (at
 /// least one full FUSE request), once the mount is live.
@@ -63,7 +72,18 @@ pub struct Access {
     pub read_only: bool,
 }
 
-pub struct OnefsFs {
+/// What `statfs` reports, in units of onefs blocks.
+pub struct Statfs {
+    pub blocks: u64,
+    pub free: u64,
+    pub block_size: u32,
+}
+
+/// One `readdir` entry: inode, offset of the next entry, kind, name.
+pub type DirEntry = (INodeNo, u64, FileType, &'static str);
+
+/// The mounted filesystem's answers, whichever transport asked.
+pub struct Disk {
     image: Arc<Image>,
     access: Access,
     /// Last modification of disk.img, in nanoseconds since the epoch.
@@ -78,12 +98,13 @@ fn fuse_errno(err: &io::Error) -> Errno {
     Errno::from_i32(errno(err))
 }
 
-thread_local! {
-    /// One read buffer per worker thread, reused across requests.
-    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// Logs an unexpected failure once and answers with its errno.
+fn failed(what: std::fmt::Arguments<'_>, err: &io::Error) -> Errno {
+    log::error!("{what}: {err}");
+    fuse_errno(err)
 }
 
-impl OnefsFs {
+impl Disk {
     pub fn new(image: Arc<Image>, access: Access) -> Self {
         Self { image, access, mtime_ns: AtomicU64::new(now_ns()) }
     }
@@ -127,18 +148,166 @@ impl OnefsFs {
         }
     }
 
-    fn attr(&self, ino: INodeNo) -> Option<FileAttr> {
+    pub fn getattr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
         match ino {
-            INodeNo::ROOT => Some(self.root_attr()),
-            DISK_INO => Some(self.disk_attr()),
-            _ => None,
+            INodeNo::ROOT => Ok(self.root_attr()),
+            DISK_INO => Ok(self.disk_attr()),
+            _ => Err(Errno::ENOENT),
         }
     }
 
-    /// Logs an unexpected failure once and answers with its errno.
-    fn failed(&self, what: std::fmt::Arguments<'_>, err: &io::Error) -> Errno {
-        log::error!("{what}: {err}");
-        fuse_errno(err)
+    pub fn lookup(&self, parent: INodeNo, name: &[u8]) -> Result<FileAttr, Errno> {
+        if parent == INodeNo::ROOT && name == DISK_NAME.as_bytes() { Ok(self.disk_attr()) } else { Err(Errno::ENOENT) }
+    }
+
+    pub fn setattr(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+    ) -> Result<FileAttr, Errno> {
+        let attr = self.getattr(ino)?;
+        // The size is fixed at creation; owner and mode come from the mount.
+        match size {
+            Some(s) if s > attr.size => return Err(Errno::EFBIG),
+            Some(s) if s < attr.size => return Err(Errno::EPERM),
+            _ => {}
+        }
+        if mode.is_some_and(|m| (m & 0o7777) as u16 != attr.perm)
+            || uid.is_some_and(|u| u != attr.uid)
+            || gid.is_some_and(|g| g != attr.gid)
+        {
+            return Err(Errno::EPERM);
+        }
+        Ok(attr)
+    }
+
+    pub fn open(&self, ino: INodeNo, flags: i32) -> Result<FopenFlags, Errno> {
+        if ino != DISK_INO {
+            return Err(Errno::EISDIR);
+        }
+        if self.access.read_only && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Errno::EROFS);
+        }
+        // O_DIRECT opens (loop --direct-io=on) bypass the page cache and may
+        // write in parallel; buffered opens keep normal page-cache semantics.
+        Ok(if flags & libc::O_DIRECT != 0 {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        } else {
+            FopenFlags::empty()
+        })
+    }
+
+    pub fn opendir(&self, ino: INodeNo) -> Result<(), Errno> {
+        if ino == INodeNo::ROOT { Ok(()) } else { Err(Errno::ENOTDIR) }
+    }
+
+    /// Fills `buf` from `offset`; returns how many bytes are valid.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.image.read(offset, buf).map_err(|err| failed(format_args!("read {} bytes at {offset}", buf.len()), &err))
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        if self.access.read_only {
+            return Err(Errno::EROFS);
+        }
+        match self.image.write(offset, data) {
+            Ok(n) => {
+                self.touch();
+                Ok(n as u32)
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EFBIG) => Err(Errno::EFBIG),
+            Err(err) => Err(failed(format_args!("write {} bytes at {offset}", data.len()), &err)),
+        }
+    }
+
+    pub fn fsync(&self) -> Result<(), Errno> {
+        self.image.sync().map_err(|err| failed(format_args!("fsync"), &err))
+    }
+
+    /// The final flush when the kernel lets go of the mount.
+    pub fn flush_on_unmount(&self) {
+        if let Err(err) = self.image.sync() {
+            log::error!("final flush failed: {err}");
+        }
+    }
+
+    /// The root directory's entries from `offset` on.
+    pub fn readdir(&self, ino: INodeNo, offset: u64) -> Result<impl Iterator<Item = DirEntry>, Errno> {
+        if ino != INodeNo::ROOT {
+            return Err(Errno::ENOTDIR);
+        }
+        let entries = [
+            (INodeNo::ROOT, FileType::Directory, "."),
+            (INodeNo::ROOT, FileType::Directory, ".."),
+            (DISK_INO, FileType::RegularFile, DISK_NAME),
+        ];
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        Ok(entries.into_iter().enumerate().skip(skip).map(|(i, (ino, kind, name))| (ino, (i + 1) as u64, kind, name)))
+    }
+
+    pub fn statfs(&self) -> Statfs {
+        let total = self.image.geometry().block_count();
+        // In units of onefs blocks: `df` on the mount shows what is stored.
+        Statfs {
+            blocks: total,
+            free: total - self.image.stored_blocks(),
+            block_size: self.image.geometry().block_size() as u32,
+        }
+    }
+
+    pub fn fallocate(&self, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        if self.access.read_only {
+            return Err(Errno::EROFS);
+        }
+        let past_end = offset.saturating_add(length) > self.image.size();
+        let result = match mode {
+            m if m == PUNCH | KEEP_SIZE || m == ZERO | KEEP_SIZE => self.image.punch(offset, length),
+            m if m == ZERO && past_end => return Err(Errno::EFBIG),
+            m if m == ZERO => self.image.punch(offset, length),
+            // Plain allocation: every byte already exists; growing is refused.
+            0 if past_end => return Err(Errno::EFBIG),
+            0 | KEEP_SIZE => Ok(()),
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        result.map_err(|err| failed(format_args!("fallocate mode {mode:#x} {length} bytes at {offset}"), &err))?;
+        self.touch();
+        Ok(())
+    }
+
+    pub fn lseek(&self, offset: i64, whence: i32) -> Result<u64, Errno> {
+        let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        let result = match whence {
+            libc::SEEK_DATA => self.image.seek_data(offset),
+            libc::SEEK_HOLE => self.image.seek_hole(offset),
+            _ => return Err(Errno::EINVAL),
+        };
+        result.map_err(|err| fuse_errno(&err))
+    }
+}
+
+thread_local! {
+    /// One read buffer per worker thread, reused across requests.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// fuser's side: requests read from `/dev/fuse` by fuser's worker threads.
+pub struct OnefsFs {
+    disk: Arc<Disk>,
+    /// Ask the kernel for FUSE over io_uring at INIT.
+    want_ring: bool,
+    /// Set during INIT: whether the kernel agreed to io_uring.
+    ring_agreed: Arc<OnceLock<bool>>,
+}
+
+impl OnefsFs {
+    pub fn new(disk: Arc<Disk>, want_ring: bool, ring_agreed: Arc<OnceLock<bool>>) -> Self {
+        Self { disk, want_ring, ring_agreed }
     }
 }
 
@@ -157,27 +326,27 @@ impl Filesystem for OnefsFs {
         // The kernel would otherwise ask for security.capability before every
         // buffered write (to drop privileges); disk.img never has suid bits.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // Offered only while the fuse module's enable_uring is on.
+        let agreed = self.want_ring && config.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok();
+        let _ = self.ring_agreed.set(agreed);
         Ok(())
     }
 
     fn destroy(&mut self) {
-        if let Err(err) = self.image.sync() {
-            log::error!("final flush failed: {err}");
-        }
+        self.disk.flush_on_unmount();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent == INodeNo::ROOT && name == DISK_NAME {
-            reply.entry(&TTL, &self.disk_attr(), Generation(0));
-        } else {
-            reply.error(Errno::ENOENT);
+        match self.disk.lookup(parent, name.as_bytes()) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr(ino) {
-            Some(attr) => reply.attr(&TTL, &attr),
-            None => reply.error(Errno::ENOENT),
+        match self.disk.getattr(ino) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -199,37 +368,17 @@ impl Filesystem for OnefsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let Some(attr) = self.attr(ino) else { return reply.error(Errno::ENOENT) };
-        // The size is fixed at creation; owner and mode come from the mount.
-        match size {
-            Some(s) if s > attr.size => return reply.error(Errno::EFBIG),
-            Some(s) if s < attr.size => return reply.error(Errno::EPERM),
-            _ => {}
+        match self.disk.setattr(ino, mode, uid, gid, size) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
         }
-        if mode.is_some_and(|m| (m & 0o7777) as u16 != attr.perm)
-            || uid.is_some_and(|u| u != attr.uid)
-            || gid.is_some_and(|g| g != attr.gid)
-        {
-            return reply.error(Errno::EPERM);
-        }
-        reply.attr(&TTL, &attr);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if ino != DISK_INO {
-            return reply.error(Errno::EISDIR);
+        match self.disk.open(ino, flags.0) {
+            Ok(fopen) => reply.opened(FileHandle(0), fopen),
+            Err(e) => reply.error(e),
         }
-        if self.access.read_only && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        // O_DIRECT opens (loop --direct-io=on) bypass the page cache and may
-        // write in parallel; buffered opens keep normal page-cache semantics.
-        let fopen = if flags.0 & libc::O_DIRECT != 0 {
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
-        } else {
-            FopenFlags::empty()
-        };
-        reply.opened(FileHandle(0), fopen);
     }
 
     fn read(
@@ -245,9 +394,9 @@ impl Filesystem for OnefsFs {
     ) {
         READ_BUF.with_borrow_mut(|buf| {
             buf.resize(size as usize, 0);
-            match self.image.read(offset, buf) {
+            match self.disk.read(offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
-                Err(err) => reply.error(self.failed(format_args!("read {size} bytes at {offset}"), &err)),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -264,16 +413,9 @@ impl Filesystem for OnefsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if self.access.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        match self.image.write(offset, data) {
-            Ok(n) => {
-                self.touch();
-                reply.written(n as u32)
-            }
-            Err(err) if err.raw_os_error() == Some(libc::EFBIG) => reply.error(Errno::EFBIG),
-            Err(err) => reply.error(self.failed(format_args!("write {} bytes at {offset}", data.len()), &err)),
+        match self.disk.write(offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -283,9 +425,9 @@ impl Filesystem for OnefsFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.image.sync() {
+        match self.disk.fsync() {
             Ok(()) => reply.ok(),
-            Err(err) => reply.error(self.failed(format_args!("fsync"), &err)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -294,36 +436,29 @@ impl Filesystem for OnefsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino == INodeNo::ROOT {
-            reply.opened(FileHandle(0), FopenFlags::empty());
-        } else {
-            reply.error(Errno::ENOTDIR);
+        match self.disk.opendir(ino) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(e),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        if ino != INodeNo::ROOT {
-            return reply.error(Errno::ENOTDIR);
-        }
-        let entries = [
-            (INodeNo::ROOT, FileType::Directory, "."),
-            (INodeNo::ROOT, FileType::Directory, ".."),
-            (DISK_INO, FileType::RegularFile, DISK_NAME),
-        ];
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(*ino, (i + 1) as u64, *kind, name) {
-                break;
+        match self.disk.readdir(ino, offset) {
+            Ok(entries) => {
+                for (ino, next, kind, name) in entries {
+                    if reply.add(ino, next, kind, name) {
+                        break;
+                    }
+                }
+                reply.ok();
             }
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let bsize = self.image.geometry().block_size();
-        let total = self.image.geometry().block_count();
-        let free = total - self.image.stored_blocks();
-        // In units of onefs blocks: `df` on the mount shows what is stored.
-        reply.statfs(total, free, free, 1, 0, bsize as u32, 255, bsize as u32);
+        let s = self.disk.statfs();
+        reply.statfs(s.blocks, s.free, s.free, 1, 0, s.block_size, NAME_MAX, s.block_size);
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
@@ -365,43 +500,16 @@ impl Filesystem for OnefsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
-        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
-        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
-        if self.access.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        let past_end = offset.saturating_add(length) > self.image.size();
-        let result = match mode {
-            m if m == PUNCH | KEEP_SIZE || m == ZERO | KEEP_SIZE => self.image.punch(offset, length),
-            m if m == ZERO && past_end => return reply.error(Errno::EFBIG),
-            m if m == ZERO => self.image.punch(offset, length),
-            // Plain allocation: every byte already exists; growing is refused.
-            0 if past_end => return reply.error(Errno::EFBIG),
-            0 | KEEP_SIZE => Ok(()),
-            _ => return reply.error(Errno::EOPNOTSUPP),
-        };
-        match result {
-            Ok(()) => {
-                self.touch();
-                reply.ok()
-            }
-            Err(err) => {
-                reply.error(self.failed(format_args!("fallocate mode {mode:#x} {length} bytes at {offset}"), &err))
-            }
+        match self.disk.fallocate(offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        let Ok(offset) = u64::try_from(offset) else { return reply.error(Errno::EINVAL) };
-        let result = match whence {
-            libc::SEEK_DATA => self.image.seek_data(offset),
-            libc::SEEK_HOLE => self.image.seek_hole(offset),
-            _ => return reply.error(Errno::EINVAL),
-        };
-        match result {
+        match self.disk.lseek(offset, whence) {
             Ok(pos) => reply.offset(pos as i64),
-            Err(err) => reply.error(fuse_errno(&err)),
+            Err(e) => reply.error(e),
         }
     }
 
