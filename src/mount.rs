@@ -96,6 +96,15 @@ fn is_live(mountpoint: &Path, store: &Path) -> bool {
 
 /// Lets a daemon that serves a loop device survive memory pressure: the
 /// kernel will not make it wait on writeback it is itself needed for.
+/// Whether the kernel will offer FUSE over io_uring to a new mount.
+fn ring_offered() -> anyhow::Result<()> {
+    match std::fs::read_to_string(ENABLE_KNOB) {
+        Ok(value) if value.trim() == "Y" => Ok(()),
+        Ok(value) => bail!("the kernel does not offer it ({ENABLE_KNOB} is {})", value.trim()),
+        Err(_) => bail!("this kernel has no FUSE over io_uring ({ENABLE_KNOB} is missing)"),
+    }
+}
+
 fn mark_io_flusher() {
     const PR_SET_IO_FLUSHER: libc::c_int = 57;
     // SAFETY: prctl with integer arguments only.
@@ -166,6 +175,10 @@ impl Mounted {
     /// mountinfo and answering statfs with the FUSE magic). `on_end` runs on
     /// a background thread when the FUSE session has ended.
     pub fn start(spec: &MountSpec, on_end: Box<dyn FnOnce() + Send>) -> anyhow::Result<Self> {
+        if spec.options.io_uring == RingMode::On {
+            ring_offered()
+                .map_err(|e| anyhow::anyhow!("FUSE over io_uring unavailable: {e} (mount option io_uring=on)"))?;
+        }
         if spec.remote.is_some() {
             // The cache directory of a remote store is made on first use.
             use std::os::unix::fs::DirBuilderExt;
@@ -250,7 +263,9 @@ impl Mounted {
         {
             let why = format!("FUSE over io_uring unavailable: {err:#}");
             if mode == RingMode::On {
+                // Close the store as cleanly as any unmount would.
                 let _ = mounted.unmount();
+                let _ = mounted.finish();
                 bail!("{why} (mount option io_uring=on)");
             }
             log::info!("{why}; serving through /dev/fuse");
@@ -294,10 +309,8 @@ impl Mounted {
             }
         };
         if !agreed {
-            match std::fs::read_to_string(ENABLE_KNOB) {
-                Ok(value) => bail!("the kernel did not offer it ({ENABLE_KNOB} is {})", value.trim()),
-                Err(_) => bail!("this kernel has no FUSE over io_uring ({ENABLE_KNOB} is missing)"),
-            }
+            ring_offered()?;
+            bail!("the kernel did not offer it at INIT");
         }
         // About twice `threads` entries in all: as many requests may wait
         // for the disk as with fuser's workers, spread over the CPU queues.

@@ -146,4 +146,6 @@ fn mount_refuses_bad_mountpoints_and_options() {
     assert_mentions(&err, &["-o", "bogus=1"]);
     let err = refused(&["mount", "-o", "mode=99x", store.to_str().unwrap(), mnt.to_str().unwrap()]);
     assert_mentions(&err, &["mode=99x"]);
+    let err = refused(&["mount", "-o", "io_uring=maybe", store.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_mentions(&err, &["io_uring=maybe", "auto, on, off"]);
 }

@@ -16,6 +16,17 @@ fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
 
 #[test]
 fn ext4_on_onefs_survives_unmount_and_remount() {
+    ext4_on_onefs_survives_unmount_and_remount_over(Transport::DevFuse);
+}
+
+#[test]
+fn ext4_on_onefs_survives_unmount_and_remount_over_io_uring() {
+    if let Some(_knob) = RingKnob::set(true) {
+        ext4_on_onefs_survives_unmount_and_remount_over(Transport::Ring);
+    }
+}
+
+fn ext4_on_onefs_survives_unmount_and_remount_over(t: Transport) {
     let s = Scratch::new();
     let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
     create(&store, "1G", "1M");
@@ -27,7 +38,7 @@ fn ext4_on_onefs_survives_unmount_and_remount() {
     ];
     let mut sums = vec![];
     {
-        let onefs = OnefsMount::new(&store, &mnt, &[]);
+        let onefs = t.mount(&store, &mnt);
         let dev = Loop::attach(&onefs.disk(), &[]);
         run("mkfs.ext4", &["-q", &dev.0]);
         let inner = DevMount::new(&dev.0, &ext);
@@ -55,7 +66,7 @@ fn ext4_on_onefs_survives_unmount_and_remount() {
     let stored: u64 = names.iter().map(|n| fs::metadata(store.join(n)).unwrap().blocks() * 512).sum();
     assert!(stored < 200 * MIB, "a fresh ext4 with 10 MiB of files stores {stored} bytes");
 
-    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let onefs = t.mount(&store, &mnt);
     // Every block file holds exactly its byte range of disk.img, and every
     // block without a file reads as zeros.
     let disk = fs::read(onefs.disk()).unwrap();
@@ -85,10 +96,21 @@ fn ext4_on_onefs_survives_unmount_and_remount() {
 
 #[test]
 fn raw_writes_map_to_block_files_and_zeros_are_never_stored() {
+    raw_writes_map_to_block_files_and_zeros_are_never_stored_over(Transport::DevFuse);
+}
+
+#[test]
+fn raw_writes_map_to_block_files_and_zeros_are_never_stored_over_io_uring() {
+    if let Some(_knob) = RingKnob::set(true) {
+        raw_writes_map_to_block_files_and_zeros_are_never_stored_over(Transport::Ring);
+    }
+}
+
+fn raw_writes_map_to_block_files_and_zeros_are_never_stored_over(t: Transport) {
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "64M", "1M");
-    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let onefs = t.mount(&store, &mnt);
     let disk = onefs.disk();
     assert_eq!(fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>(), vec!["disk.img"]);
     assert_eq!(fs::metadata(&disk).unwrap().len(), 64 * MIB);
@@ -140,10 +162,21 @@ fn raw_writes_map_to_block_files_and_zeros_are_never_stored() {
 
 #[test]
 fn seek_data_and_seek_hole_follow_stored_blocks() {
+    seek_data_and_seek_hole_follow_stored_blocks_over(Transport::DevFuse);
+}
+
+#[test]
+fn seek_data_and_seek_hole_follow_stored_blocks_over_io_uring() {
+    if let Some(_knob) = RingKnob::set(true) {
+        seek_data_and_seek_hole_follow_stored_blocks_over(Transport::Ring);
+    }
+}
+
+fn seek_data_and_seek_hole_follow_stored_blocks_over(t: Transport) {
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "16M", "1M");
-    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let onefs = t.mount(&store, &mnt);
     let disk = onefs.disk();
     for block in [5u64, 6, 9] {
         pwrite(&disk, block * MIB + 17, b"data");
@@ -170,10 +203,21 @@ fn seek_data_and_seek_hole_follow_stored_blocks() {
 
 #[test]
 fn size_and_namespace_are_fixed() {
+    size_and_namespace_are_fixed_over(Transport::DevFuse);
+}
+
+#[test]
+fn size_and_namespace_are_fixed_over_io_uring() {
+    if let Some(_knob) = RingKnob::set(true) {
+        size_and_namespace_are_fixed_over(Transport::Ring);
+    }
+}
+
+fn size_and_namespace_are_fixed_over(t: Transport) {
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "8M", "1M");
-    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let onefs = t.mount(&store, &mnt);
     let disk = onefs.disk();
     let f = fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
     assert_eq!(errno_of(f.write_at(b"x", 8 * MIB)), libc::EFBIG);
@@ -206,10 +250,21 @@ fn size_and_namespace_are_fixed() {
 
 #[test]
 fn fstrim_after_deleting_files_shrinks_the_store() {
+    fstrim_after_deleting_files_shrinks_the_store_over(Transport::DevFuse);
+}
+
+#[test]
+fn fstrim_after_deleting_files_shrinks_the_store_over_io_uring() {
+    if let Some(_knob) = RingKnob::set(true) {
+        fstrim_after_deleting_files_shrinks_the_store_over(Transport::Ring);
+    }
+}
+
+fn fstrim_after_deleting_files_shrinks_the_store_over(t: Transport) {
     let s = Scratch::new();
     let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
     create(&store, "512M", "1M");
-    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let onefs = t.mount(&store, &mnt);
     let dev = Loop::attach(&onefs.disk(), &[]);
     run("mkfs.ext4", &["-q", &dev.0]);
     let after_mkfs = block_files(&store).len();
@@ -368,4 +423,28 @@ impl Drop for LazyUnmount {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+#[test]
+fn io_uring_on_is_refused_in_one_line_when_the_kernel_does_not_offer_it() {
+    let Some(_knob) = RingKnob::set(false) else { return };
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "16M", "1M");
+    let before = snapshot(&store);
+    let out = onefs(&["mount", "-o", "io_uring=on", store.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted without io_uring: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("enable_uring is N") && err.contains("io_uring=on"), "{err}");
+    assert!(!is_mountpoint(&mnt));
+    wait_store_released(&store);
+    assert_eq!(snapshot(&store), before, "a refused mount changes nothing");
+
+    // The default (auto) serves through /dev/fuse instead.
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    assert_eq!(ring_threads(onefs.pid()), 0);
+    pwrite(&onefs.disk(), 3 * MIB, b"still a disk");
+    assert_eq!(pread(&onefs.disk(), 3 * MIB, 12), b"still a disk");
+    onefs.unmount();
 }

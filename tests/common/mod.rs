@@ -54,7 +54,7 @@ pub fn create(store: &Path, size: &str, block_size: &str) {
     assert!(out.status.success(), "create failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn is_mountpoint(path: &Path) -> bool {
+pub fn is_mountpoint(path: &Path) -> bool {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let path = path.to_string_lossy().replace(' ', "\\040");
     text.lines().any(|l| l.split(' ').nth(4) == Some(path.as_str()))
@@ -256,4 +256,71 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// Which way requests reach the daemon: fuser's `/dev/fuse` loop, or FUSE
+/// over io_uring (needs [`RingKnob::set`]`(true)` held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    DevFuse,
+    Ring,
+}
+
+impl Transport {
+    /// Mounts with this transport and checks that it is the one in use.
+    pub fn mount(self, store: &Path, mountpoint: &Path) -> OnefsMount {
+        let option = match self {
+            Transport::DevFuse => "io_uring=off",
+            Transport::Ring => "io_uring=on",
+        };
+        let mount = OnefsMount::new(store, mountpoint, &["-o", option]);
+        let rings = ring_threads(mount.pid());
+        match self {
+            Transport::DevFuse => assert_eq!(rings, 0, "io_uring=off mounted with ring threads"),
+            Transport::Ring => assert!(rings > 0, "io_uring=on mounted without ring threads"),
+        }
+        mount
+    }
+}
+
+/// Threads of `pid` serving FUSE io_uring queues (named `ring-Q.N`).
+pub fn ring_threads(pid: i32) -> usize {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("ring-"))
+        .count()
+}
+
+pub const RING_KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Holds the fuse module's `enable_uring` at a value for the life of the
+/// guard, then puts the old value back. The parameter is machine-wide, so
+/// the guards of all test processes take one lock file in turn.
+pub struct RingKnob {
+    previous: String,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl RingKnob {
+    /// `None` (saying so) on a kernel without FUSE over io_uring.
+    pub fn set(on: bool) -> Option<Self> {
+        if !Path::new(RING_KNOB).exists() {
+            eprintln!("skipped: this kernel has no FUSE over io_uring ({RING_KNOB} is missing)");
+            return None;
+        }
+        let file = fs::File::create("/tmp/onefs-tests-enable-uring.lock").expect("knob lock file");
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("lock the knob");
+        let previous = fs::read_to_string(RING_KNOB).expect("read enable_uring").trim().to_string();
+        fs::write(RING_KNOB, if on { "Y" } else { "N" }).expect("set enable_uring");
+        Some(RingKnob { previous, _lock: lock })
+    }
+}
+
+impl Drop for RingKnob {
+    fn drop(&mut self) {
+        let _ = fs::write(RING_KNOB, &self.previous);
+    }
 }
