@@ -584,6 +584,7 @@ uid = 1000
 gid = 100
 mode = "0640"
 threads = 4
+io_uring = "off"
 log_level = "debug"
 
 [create]
@@ -596,7 +597,9 @@ block_size = "4M"
         let d = parse(FULL).unwrap();
         assert_eq!(d.store, PathBuf::from("/var/lib/onefs/data"));
         assert_eq!(d.mountpoint, PathBuf::from("/srv/onefs/data"));
-        assert_eq!(d.options, MountOptions::parse("ro,allow_other,uid=1000,gid=100,mode=0640,threads=4").unwrap());
+        let options = "ro,allow_other,uid=1000,gid=100,mode=0640,threads=4,io_uring=off";
+        assert_eq!(d.options, MountOptions::parse(options).unwrap());
+        assert_eq!(d.options.io_uring, crate::fuse::ring::RingMode::Off);
         assert_eq!(d.create, Some(CreateSpec { size: 1 << 40, block_size: 4 << 20 }));
         assert_eq!(d.log_level, Some(LevelFilter::Debug));
     }
@@ -632,6 +635,10 @@ block_size = "4M"
             (
                 "store = \"/s\"\nmountpoint = \"/m\"\nthreads = 0\n",
                 "data.toml:3: key `threads`: mount option threads=0",
+            ),
+            (
+                "store = \"/s\"\nmountpoint = \"/m\"\nio_uring = \"yes\"\n",
+                "data.toml:3: key `io_uring`: mount option io_uring=yes: \"yes\" is not one of auto, on, off",
             ),
             (
                 "store = \"/s\"\nmountpoint = \"/m\"\nuid = -1\n",

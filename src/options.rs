@@ -7,7 +7,7 @@ use crate::fuse::ring::RingMode;
 pub struct MountOptions {
     pub access: Access,
     pub allow_other: bool,
-    /// FUSE worker threads (and io_uring entries per CPU queue).
+    /// FUSE worker threads (with io_uring: about twice as many ring entries).
     pub threads: usize,
     /// Whether requests come through FUSE over io_uring.
     pub io_uring: RingMode,
@@ -89,6 +89,11 @@ mod tests {
         assert!(o.access.read_only && o.allow_other);
         assert_eq!((o.access.uid, o.access.gid, o.access.mode, o.threads), (1000, 100, 0o640, 4));
         assert_eq!(MountOptions::parse("").unwrap(), MountOptions::default());
+        assert_eq!(MountOptions::default().io_uring, RingMode::Auto);
+        for mode in [RingMode::Auto, RingMode::On, RingMode::Off] {
+            let o = MountOptions::parse(&format!("io_uring={}", mode.as_str())).unwrap();
+            assert_eq!(o.io_uring, mode);
+        }
     }
 
     #[test]
@@ -98,5 +103,9 @@ mod tests {
         assert!(MountOptions::parse("mode=999").unwrap_err().contains("mode=999"));
         assert!(MountOptions::parse("threads=0").unwrap_err().contains("threads=0"));
         assert!(MountOptions::parse("uid").unwrap_err().contains("uid needs a value"));
+        assert!(MountOptions::parse("io_uring").unwrap_err().contains("io_uring needs a value (auto, on or off)"));
+        assert!(
+            MountOptions::parse("io_uring=1").unwrap_err().contains("io_uring=1: \"1\" is not one of auto, on, off")
+        );
     }
 }

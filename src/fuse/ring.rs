@@ -222,15 +222,22 @@ impl Entry {
         opcode::UringCmd80::new(types::Fd(self.fuse_fd.as_raw_fd()), cmd_op).cmd(cmd)
     }
 
-    fn submit(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
+    /// Queues a command; the next `io_uring_enter` submits it.
+    fn push(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
         // SAFETY: the buffers the command names (header, payload, iov) live
         // in `self` as long as the ring does.
-        unsafe { self.ring.submission().push(sqe) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        unsafe { self.ring.submission().push(sqe) }.map_err(|_| io::Error::other("io_uring submission queue full"))
+    }
+
+    fn submit(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
+        self.push(sqe)?;
         self.ring.submit()?;
         Ok(())
     }
 
-    /// Answers requests until the kernel ends the connection.
+    /// Answers requests until the kernel ends the connection: one
+    /// `io_uring_enter` per request commits the last reply and waits for
+    /// the next request.
     fn serve(mut self, disk: &Disk, served: &AtomicU64) {
         loop {
             let res = match self.ring.submit_and_wait(1) {
@@ -266,7 +273,7 @@ impl Entry {
             let commit_id = self.answer(disk);
             served.fetch_add(1, Ordering::Relaxed);
             let sqe = self.command(abi::URING_CMD_COMMIT_AND_FETCH, commit_id).build();
-            if let Err(err) = self.submit(&sqe) {
+            if let Err(err) = self.push(&sqe) {
                 log::error!("FUSE ring queue {}: cannot commit a reply: {err}", self.qid);
                 return;
             }
