@@ -279,7 +279,7 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(10));
         }
         if let Some(rings) = &mounted.rings {
-            if rings.served() == 0 {
+            if !rings.used() {
                 // Cannot happen while the kernel keeps its word; say so if it does not.
                 log::warn!("io_uring queues registered, but no request came through them");
             } else {

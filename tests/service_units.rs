@@ -130,6 +130,7 @@ fn every_cli_option_and_command_is_in_the_man_page() {
         "gid",
         "mode",
         "threads",
+        "io_uring",
         "log_level",
         "[create]",
         "size",
@@ -140,6 +141,18 @@ fn every_cli_option_and_command_is_in_the_man_page() {
     }
     // The mount helper's flags are in mount.onefs(8).
     let page8 = std::fs::read_to_string(repo("man/mount.onefs.8")).unwrap();
+    // Every mount option onefs accepts is in both man pages, the README and --help.
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let help = onefs::cli::Cli::command().find_subcommand_mut("mount").unwrap().render_long_help().to_string();
+    for option in ["ro", "allow_other", "uid=", "gid=", "mode=", "threads=", "io_uring="] {
+        let probe = if option.ends_with('=') { format!("{option}1") } else { option.to_string() };
+        if let Err(e) = onefs::options::MountOptions::parse(&probe) {
+            assert!(!e.starts_with("unknown mount option"), "{e}");
+        }
+        assert!(page.contains(option) && page8.contains(option), "{option} missing from a man page");
+        assert!(readme.contains(&format!("`{option}")), "{option} missing from README.md");
+        assert!(help.contains(option), "{option} missing from onefs mount --help");
+    }
     for flag in ["\\-s", "\\-f", "\\-n", "\\-v", "\\-o"] {
         assert!(
             page8.contains(&format!(".B {flag}")) || page8.contains(&format!(".BI {flag}")),

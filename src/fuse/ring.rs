@@ -18,7 +18,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -63,7 +63,8 @@ pub const ENABLE_KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
 /// The running ring threads of one mount.
 pub struct Rings {
     threads: Vec<JoinHandle<()>>,
-    served: Arc<AtomicU64>,
+    /// Set by the first request answered through a ring.
+    used: Arc<AtomicBool>,
 }
 
 /// Possible CPUs (the kernel's queue count) and online ones.
@@ -101,20 +102,20 @@ impl Rings {
     /// then serve nothing and end with the connection.
     pub fn start(fuse_fd: OwnedFd, disk: Arc<Disk>, threads: usize) -> io::Result<Rings> {
         let fuse_fd = Arc::new(fuse_fd);
-        let served = Arc::new(AtomicU64::new(0));
+        let used = Arc::new(AtomicBool::new(false));
         let (queues, online) = cpus();
         let (report, registered) = mpsc::channel();
-        let mut rings = Rings { threads: Vec::new(), served: served.clone() };
+        let mut rings = Rings { threads: Vec::new(), used: used.clone() };
         for (qid, online) in online.into_iter().enumerate() {
             let per_queue = if online { threads.max(1) } else { 1 };
             for n in 0..per_queue {
-                let (fd, disk, served, report) = (fuse_fd.clone(), disk.clone(), served.clone(), report.clone());
+                let (fd, disk, used, report) = (fuse_fd.clone(), disk.clone(), used.clone(), report.clone());
                 let thread =
                     std::thread::Builder::new().name(format!("ring-{qid}.{n}")).spawn(
                         move || match Entry::register(&fd, qid as u16) {
                             Ok(entry) => {
                                 let _ = report.send(Ok(()));
-                                entry.serve(&disk, &served);
+                                entry.serve(&disk, &used);
                             }
                             Err(err) => {
                                 let _ = report.send(Err(err));
@@ -136,9 +137,9 @@ impl Rings {
         Ok(rings)
     }
 
-    /// Requests answered through the ring so far.
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+    /// Whether any request has been answered through a ring.
+    pub fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
     }
 
     /// Waits (up to `limit`) for the threads, which end when the kernel
@@ -238,7 +239,7 @@ impl Entry {
     /// Answers requests until the kernel ends the connection: one
     /// `io_uring_enter` per request commits the last reply and waits for
     /// the next request.
-    fn serve(mut self, disk: &Disk, served: &AtomicU64) {
+    fn serve(mut self, disk: &Disk, used: &AtomicBool) {
         loop {
             let res = match self.ring.submit_and_wait(1) {
                 Ok(_) => match self.ring.completion().next() {
@@ -271,7 +272,11 @@ impl Entry {
                 return;
             }
             let commit_id = self.answer(disk);
-            served.fetch_add(1, Ordering::Relaxed);
+            // Written once: a counter here would bounce one cache line
+            // between all the threads on every request.
+            if !used.load(Ordering::Relaxed) {
+                used.store(true, Ordering::Relaxed);
+            }
             let sqe = self.command(abi::URING_CMD_COMMIT_AND_FETCH, commit_id).build();
             if let Err(err) = self.push(&sqe) {
                 log::error!("FUSE ring queue {}: cannot commit a reply: {err}", self.qid);
