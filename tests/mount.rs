@@ -10,23 +10,34 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs a test body over each transport, as `NAME::over_dev_fuse` and
+/// `NAME::over_io_uring` (skipped, saying so, on a kernel without it).
+macro_rules! over_both_transports {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn over_dev_fuse() {
+                super::$name(Transport::DevFuse);
+            }
+
+            #[test]
+            fn over_io_uring() {
+                if let Some(_knob) = RingKnob::set(true) {
+                    super::$name(Transport::Ring);
+                }
+            }
+        }
+    };
+}
+
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.expect_err("expected an error").raw_os_error().expect("an OS error")
 }
 
-#[test]
-fn ext4_on_onefs_survives_unmount_and_remount() {
-    ext4_on_onefs_survives_unmount_and_remount_over(Transport::DevFuse);
-}
-
-#[test]
-fn ext4_on_onefs_survives_unmount_and_remount_over_io_uring() {
-    if let Some(_knob) = RingKnob::set(true) {
-        ext4_on_onefs_survives_unmount_and_remount_over(Transport::Ring);
-    }
-}
-
-fn ext4_on_onefs_survives_unmount_and_remount_over(t: Transport) {
+over_both_transports!(ext4_on_onefs_survives_unmount_and_remount);
+fn ext4_on_onefs_survives_unmount_and_remount(t: Transport) {
     let s = Scratch::new();
     let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
     create(&store, "1G", "1M");
@@ -94,19 +105,8 @@ fn ext4_on_onefs_survives_unmount_and_remount_over(t: Transport) {
     onefs.unmount();
 }
 
-#[test]
-fn raw_writes_map_to_block_files_and_zeros_are_never_stored() {
-    raw_writes_map_to_block_files_and_zeros_are_never_stored_over(Transport::DevFuse);
-}
-
-#[test]
-fn raw_writes_map_to_block_files_and_zeros_are_never_stored_over_io_uring() {
-    if let Some(_knob) = RingKnob::set(true) {
-        raw_writes_map_to_block_files_and_zeros_are_never_stored_over(Transport::Ring);
-    }
-}
-
-fn raw_writes_map_to_block_files_and_zeros_are_never_stored_over(t: Transport) {
+over_both_transports!(raw_writes_map_to_block_files_and_zeros_are_never_stored);
+fn raw_writes_map_to_block_files_and_zeros_are_never_stored(t: Transport) {
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "64M", "1M");
@@ -160,19 +160,8 @@ fn raw_writes_map_to_block_files_and_zeros_are_never_stored_over(t: Transport) {
     onefs.unmount();
 }
 
-#[test]
-fn seek_data_and_seek_hole_follow_stored_blocks() {
-    seek_data_and_seek_hole_follow_stored_blocks_over(Transport::DevFuse);
-}
-
-#[test]
-fn seek_data_and_seek_hole_follow_stored_blocks_over_io_uring() {
-    if let Some(_knob) = RingKnob::set(true) {
-        seek_data_and_seek_hole_follow_stored_blocks_over(Transport::Ring);
-    }
-}
-
-fn seek_data_and_seek_hole_follow_stored_blocks_over(t: Transport) {
+over_both_transports!(seek_data_and_seek_hole_follow_stored_blocks);
+fn seek_data_and_seek_hole_follow_stored_blocks(t: Transport) {
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "16M", "1M");
@@ -201,19 +190,8 @@ fn seek_data_and_seek_hole_follow_stored_blocks_over(t: Transport) {
     onefs.unmount();
 }
 
-#[test]
-fn size_and_namespace_are_fixed() {
-    size_and_namespace_are_fixed_over(Transport::DevFuse);
-}
-
-#[test]
-fn size_and_namespace_are_fixed_over_io_uring() {
-    if let Some(_knob) = RingKnob::set(true) {
-        size_and_namespace_are_fixed_over(Transport::Ring);
-    }
-}
-
-fn size_and_namespace_are_fixed_over(t: Transport) {
+over_both_transports!(size_and_namespace_are_fixed);
+fn size_and_namespace_are_fixed(t: Transport) {
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "8M", "1M");
@@ -248,19 +226,8 @@ fn size_and_namespace_are_fixed_over(t: Transport) {
     onefs.unmount();
 }
 
-#[test]
-fn fstrim_after_deleting_files_shrinks_the_store() {
-    fstrim_after_deleting_files_shrinks_the_store_over(Transport::DevFuse);
-}
-
-#[test]
-fn fstrim_after_deleting_files_shrinks_the_store_over_io_uring() {
-    if let Some(_knob) = RingKnob::set(true) {
-        fstrim_after_deleting_files_shrinks_the_store_over(Transport::Ring);
-    }
-}
-
-fn fstrim_after_deleting_files_shrinks_the_store_over(t: Transport) {
+over_both_transports!(fstrim_after_deleting_files_shrinks_the_store);
+fn fstrim_after_deleting_files_shrinks_the_store(t: Transport) {
     let s = Scratch::new();
     let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
     create(&store, "512M", "1M");
