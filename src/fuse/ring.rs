@@ -97,9 +97,10 @@ fn cpus() -> (usize, Vec<bool>) {
 impl Rings {
     /// Registers ring entries on the FUSE connection behind `fuse_fd`: for
     /// every CPU, `threads` threads (one on an offline CPU), each with one
-    /// entry. Call once the kernel has answered INIT (the mount is live).
-    /// Fails when the kernel refuses an entry; entries already registered
-    /// then serve nothing and end with the connection.
+    /// entry. Call as soon as fuser has answered INIT: from then on the
+    /// kernel holds every request until all queues have an entry. Fails
+    /// when the kernel refuses an entry (it then falls back to /dev/fuse);
+    /// entries already registered serve nothing and end with the connection.
     pub fn start(fuse_fd: OwnedFd, disk: Arc<Disk>, threads: usize) -> io::Result<Rings> {
         let fuse_fd = Arc::new(fuse_fd);
         let used = Arc::new(AtomicBool::new(false));
