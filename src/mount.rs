@@ -312,11 +312,7 @@ impl Mounted {
             ring_offered()?;
             bail!("the kernel did not offer it at INIT");
         }
-        // About twice `threads` entries in all: as many requests may wait
-        // for the disk as with fuser's workers, spread over the CPU queues.
-        let (_, online) = crate::fuse::ring::cpu_counts();
-        let per_queue = (2 * threads).div_ceil(online.max(1));
-        self.rings = Some(Rings::start(fuse_fd, disk, per_queue).context("cannot register io_uring queues")?);
+        self.rings = Some(Rings::start(fuse_fd, disk, threads).context("cannot register io_uring queues")?);
         Ok(())
     }
 

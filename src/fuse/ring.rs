@@ -67,12 +67,6 @@ pub struct Rings {
     used: Arc<AtomicBool>,
 }
 
-/// Possible CPUs (the kernel's queue count) and online ones.
-pub fn cpu_counts() -> (usize, usize) {
-    let (possible, online) = cpus();
-    (possible, online.iter().filter(|&&o| o).count())
-}
-
 /// CPUs as the kernel counts them for its queues (`num_possible_cpus`),
 /// and which of them are online.
 fn cpus() -> (usize, Vec<bool>) {
@@ -95,9 +89,10 @@ fn cpus() -> (usize, Vec<bool>) {
 }
 
 impl Rings {
-    /// Registers ring entries on the FUSE connection behind `fuse_fd`: for
-    /// every CPU, `threads` threads (one on an offline CPU), each with one
-    /// entry. Call as soon as fuser has answered INIT: from then on the
+    /// Registers ring entries on the FUSE connection behind `fuse_fd`, one
+    /// thread each: about `2 x threads` (the mount option) spread over the
+    /// online CPUs' queues, so that as many requests may wait for the disk
+    /// as with fuser's workers, and one on each offline CPU's queue. Call as soon as fuser has answered INIT: from then on the
     /// kernel holds every request until all queues have an entry. Fails
     /// when the kernel refuses an entry (it then falls back to /dev/fuse);
     /// entries already registered serve nothing and end with the connection.
@@ -105,10 +100,12 @@ impl Rings {
         let fuse_fd = Arc::new(fuse_fd);
         let used = Arc::new(AtomicBool::new(false));
         let (queues, online) = cpus();
+        let online_count = online.iter().filter(|&&o| o).count().max(1);
+        let per_online_queue = (2 * threads).div_ceil(online_count);
         let (report, registered) = mpsc::channel();
         let mut rings = Rings { threads: Vec::new(), used: used.clone() };
         for (qid, online) in online.into_iter().enumerate() {
-            let per_queue = if online { threads.max(1) } else { 1 };
+            let per_queue = if online { per_online_queue.max(1) } else { 1 };
             for n in 0..per_queue {
                 let (fd, disk, used, report) = (fuse_fd.clone(), disk.clone(), used.clone(), report.clone());
                 let thread =
