@@ -161,25 +161,31 @@ pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
     let kept = AtomicU64::new(0);
     let stored = AtomicU64::new(0);
     let block_findings = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..THREADS.min(blocks.len()).max(1) {
-            scope.spawn(|| {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, path)) = blocks.get(i) else { break };
-                    let outcome = check_block(&geometry, path, options.repair, &mut buf);
-                    if let Some(bytes) = outcome.stored {
-                        kept.fetch_add(1, Ordering::Relaxed);
-                        stored.fetch_add(bytes, Ordering::Relaxed);
-                    }
-                    if !outcome.findings.is_empty() {
-                        crate::sync::lock(&block_findings).extend(outcome.findings);
-                    }
-                    progress.tick();
-                }
-            });
+    let check_blocks = || {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((_, path)) = blocks.get(i) else { break };
+            let outcome = check_block(&geometry, path, options.repair, &mut buf);
+            if let Some(bytes) = outcome.stored {
+                kept.fetch_add(1, Ordering::Relaxed);
+                stored.fetch_add(bytes, Ordering::Relaxed);
+            }
+            if !outcome.findings.is_empty() {
+                crate::sync::lock(&block_findings).extend(outcome.findings);
+            }
+            progress.tick();
         }
+    };
+    // Every worker takes the next block from the shared counter, so the
+    // calling thread finishes the job alone if no helper can be started.
+    std::thread::scope(|scope| {
+        for _ in 1..THREADS.min(blocks.len()).max(1) {
+            if std::thread::Builder::new().spawn_scoped(scope, check_blocks).is_err() {
+                break;
+            }
+        }
+        check_blocks();
     });
     progress.finish();
     findings.extend(block_findings.into_inner().unwrap_or_else(|p| p.into_inner()));

@@ -94,8 +94,15 @@ fn is_live(mountpoint: &Path, store: &Path) -> bool {
     fuse && mountinfo::mount_at(mountpoint).is_some_and(|m| m.fstype == FUSE_TYPE && Path::new(&m.source) == store)
 }
 
-/// Lets a daemon that serves a loop device survive memory pressure: the
-/// kernel will not make it wait on writeback it is itself needed for.
+/// Threads of this process that fuser runs its workers on (`fuser-N`).
+fn fuser_workers() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim().strip_prefix("fuser-").is_some_and(|n| n.parse::<usize>().is_ok()))
+        .count()
+}
+
 /// Whether the kernel will offer FUSE over io_uring to a new mount.
 fn ring_offered() -> anyhow::Result<()> {
     match std::fs::read_to_string(ENABLE_KNOB) {
@@ -105,6 +112,8 @@ fn ring_offered() -> anyhow::Result<()> {
     }
 }
 
+/// Lets a daemon that serves a loop device survive memory pressure: the
+/// kernel will not make it wait on writeback it is itself needed for.
 fn mark_io_flusher() {
     const PR_SET_IO_FLUSHER: libc::c_int = 57;
     // SAFETY: prctl with integer arguments only.
@@ -124,20 +133,41 @@ fn raise_fd_limit() {
 /// told to stop by SIGTERM/SIGINT. Returns once the session has ended.
 pub fn serve(spec: &MountSpec, readiness: &mut dyn Readiness) -> anyhow::Result<()> {
     // Before mounting: a SIGTERM that arrives the moment the mount is live
-    // must unmount cleanly, not kill the process.
+    // must unmount cleanly, not kill the process; and a signal thread that
+    // could not start after mounting would leave a mount no signal unmounts.
     let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
         .context("cannot install signal handlers")?;
+    let signals_handle = signals.handle();
     let (tx, rx) = mpsc::channel();
     let ended_tx = tx.clone();
-    let mounted = match Mounted::start(spec, Box::new(move || drop(ended_tx.send(Event::Ended)))) {
+    let started = forward_signals(signals, tx)
+        .and_then(|()| Mounted::start(spec, Box::new(move || drop(ended_tx.send(Event::Ended)))));
+    let mounted = match started {
         Ok(mounted) => mounted,
         Err(err) => {
+            signals_handle.close();
             readiness.failed(&err);
             return Err(err);
         }
     };
     readiness.ready(&format!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display()));
-    run_until_ended(mounted, signals, tx, rx)
+    let result = run_until_ended(mounted, rx);
+    signals_handle.close();
+    result
+}
+
+fn forward_signals(mut signals: signal_hook::iterator::Signals, tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
 }
 
 /// How a request to unmount went.
@@ -175,10 +205,25 @@ impl Mounted {
     /// mountinfo and answering statfs with the FUSE magic). `on_end` runs on
     /// a background thread when the FUSE session has ended.
     pub fn start(spec: &MountSpec, on_end: Box<dyn FnOnce() + Send>) -> anyhow::Result<Self> {
-        if spec.options.io_uring == RingMode::On {
-            ring_offered()
-                .map_err(|e| anyhow::anyhow!("FUSE over io_uring unavailable: {e} (mount option io_uring=on)"))?;
-        }
+        // Whether to ask for io_uring at INIT. Once the kernel agrees it holds
+        // every request until the queues are registered, so first make sure
+        // this process can set up a ring at all (kernel.io_uring_disabled,
+        // a seccomp filter).
+        let mode = match spec.options.io_uring {
+            RingMode::Off => RingMode::Off,
+            wanted => {
+                match ring_offered().and_then(|()| crate::fuse::ring::probe().context("cannot set up an io_uring")) {
+                    Ok(()) => wanted,
+                    Err(e) if wanted == RingMode::On => {
+                        bail!("FUSE over io_uring unavailable: {e:#} (mount option io_uring=on)")
+                    }
+                    Err(e) => {
+                        log::info!("FUSE over io_uring unavailable: {e:#}; serving through /dev/fuse");
+                        RingMode::Off
+                    }
+                }
+            }
+        };
         if spec.remote.is_some() {
             // The cache directory of a remote store is made on first use.
             use std::os::unix::fs::DirBuilderExt;
@@ -228,7 +273,6 @@ impl Mounted {
         config.clone_fd = true;
 
         let disk = Arc::new(Disk::new(image.clone(), spec.options.access));
-        let mode = spec.options.io_uring;
         let ring_agreed = Arc::new(OnceLock::new());
         let fs = OnefsFs::new(disk.clone(), mode != RingMode::Off, ring_agreed.clone());
         let session = fuser::Session::new(fs, &mountpoint, &config)
@@ -255,6 +299,15 @@ impl Mounted {
             _lock: lock,
         };
 
+        // fuser starts its workers one by one after INIT; one the OS refuses
+        // (a pids limit such as systemd's TasksMax) ends the session moments
+        // later. Wait for all of them, so that such a mount fails here with
+        // the reason instead of dying once reported ready, and so that the
+        // ring threads below compete with none of them.
+        if let Err(err) = mounted.wait_for_workers(spec.options.threads) {
+            let _ = mounted.unmount();
+            return Err(err);
+        }
         // Once the kernel agreed to io_uring it holds every request until
         // the queues are registered (or a registration fails): register
         // before anything asks the mount a question.
@@ -289,6 +342,30 @@ impl Mounted {
         crate::fuse::match_readahead(&mounted.mountpoint, &mounted.store);
         log::info!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display());
         Ok(mounted)
+    }
+
+    /// Waits (up to 10 s) until fuser runs `threads` workers; fails with
+    /// the session's error if it ended instead.
+    fn wait_for_workers(&mut self, threads: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.session.as_ref().is_some_and(|session| session.is_finished()) {
+                let why = match self.session.take().map(|session| session.join()) {
+                    Some(Ok(Err(err))) => err.to_string(),
+                    Some(Err(_)) => "it panicked".to_string(),
+                    _ => "no error given".to_string(),
+                };
+                bail!("the FUSE session ended while starting {threads} workers: {why}");
+            }
+            if fuser_workers() >= threads {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                log::warn!("fewer than {threads} FUSE workers running after 10s; going on");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Moves request handling onto io_uring queues, once fuser has
@@ -397,20 +474,7 @@ enum Event {
     Ended,
 }
 
-fn run_until_ended(
-    mut mounted: Mounted,
-    mut signals: signal_hook::iterator::Signals,
-    tx: mpsc::Sender<Event>,
-    rx: mpsc::Receiver<Event>,
-) -> anyhow::Result<()> {
-    let handle = signals.handle();
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        for signal in signals.forever() {
-            if tx.send(Event::Signal(signal)).is_err() {
-                break;
-            }
-        }
-    })?;
+fn run_until_ended(mut mounted: Mounted, rx: mpsc::Receiver<Event>) -> anyhow::Result<()> {
     loop {
         match rx.recv() {
             Ok(Event::Signal(libc::SIGHUP)) => log::info!("SIGHUP: nothing to reload for a single mount"),
@@ -424,6 +488,5 @@ fn run_until_ended(
             Ok(Event::Ended) | Err(_) => break,
         }
     }
-    handle.close();
     mounted.finish()
 }

@@ -415,3 +415,125 @@ fn io_uring_on_is_refused_in_one_line_when_the_kernel_does_not_offer_it() {
     assert_eq!(pread(&onefs.disk(), 3 * MIB, 12), b"still a disk");
     onefs.unmount();
 }
+
+/// A pids limit (systemd's `TasksMax`) can leave the daemon unable to start
+/// a thread. An fsync spreads its work over threads; it must then do the
+/// work itself, not fail, and certainly not forget the blocks it took to flush.
+#[test]
+fn fsync_works_when_no_thread_can_be_started() {
+    let Some(cgroup) = PidsCgroup::new() else { return };
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "64M", "1M");
+    let args = ["mount", "-o", "io_uring=off", store.to_str().unwrap(), mnt.to_str().unwrap()];
+    let onefs = OnefsMount::start(&mut cgroup.command(onefs_bin(), &args), &store, &mnt);
+    cgroup.limit(cgroup.tasks());
+
+    let disk = fs::OpenOptions::new().read(true).write(true).open(onefs.disk()).expect("open disk.img");
+    for round in 0..2u64 {
+        for block in 0..8 {
+            disk.write_all_at(&pattern(round * 8 + block, 4096), block * MIB + 8192).expect("write");
+        }
+        disk.sync_all().unwrap_or_else(|e| panic!("fsync {round} with no thread to spare: {e}"));
+    }
+    assert_eq!(block_files(&store).len(), 8);
+    drop(disk);
+    cgroup.unlimit();
+    onefs.unmount();
+
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    for block in 0..8 {
+        assert_eq!(pread(&onefs.disk(), block * MIB + 8192, 4096), pattern(8 + block, 4096), "block {block}");
+    }
+    onefs.unmount();
+}
+
+/// The kernel holds every request until each CPU's io_uring queue has an
+/// entry: when a queue's thread cannot be started, the mount must make the
+/// kernel fall back to /dev/fuse, not wait for that queue forever.
+#[test]
+fn a_ring_thread_that_cannot_start_leaves_the_mount_serving_over_dev_fuse() {
+    let Some(_knob) = RingKnob::set(true) else { return };
+    let Some(cgroup) = PidsCgroup::new() else { return };
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "64M", "1M");
+    let (store_arg, mnt_arg) = (store.to_str().unwrap(), mnt.to_str().unwrap());
+    let _last_resort = KillOnDrop { store: store.clone(), mountpoint: mnt.clone() };
+
+    // The daemon's own tasks without rings.
+    let args = ["mount", "-o", "io_uring=off,threads=2", store_arg, mnt_arg];
+    let onefs = OnefsMount::start(&mut cgroup.command(onefs_bin(), &args), &store, &mnt);
+    let daemon_tasks = cgroup.tasks();
+    onefs.unmount();
+
+    // Room for `timeout`, the `onefs mount` that waits for readiness, the
+    // daemon, and ring threads for every queue but the last.
+    let queues = possible_cpus();
+    cgroup.limit(2 + daemon_tasks + queues - 1);
+    let limit = "60";
+    let args = [limit, onefs_bin(), "mount", "-o", "io_uring=auto,threads=2", store_arg, mnt_arg];
+    let onefs = OnefsMount::start(&mut cgroup.command("timeout", &args), &store, &mnt);
+    let rings = ring_threads(onefs.pid());
+    assert!(rings < queues, "{rings} ring threads for {queues} queues: the limit did not bite");
+    pwrite(&onefs.disk(), 5 * MIB, b"served anyway");
+    assert_eq!(pread(&onefs.disk(), 5 * MIB, 13), b"served anyway");
+    fs::File::open(onefs.disk()).and_then(|f| f.sync_all()).expect("fsync");
+    onefs.unmount();
+}
+
+/// Puts a sysctl back as it was when dropped.
+struct SysctlGuard(&'static str, String);
+
+impl SysctlGuard {
+    fn set(path: &'static str, value: &str) -> Option<Self> {
+        let previous = fs::read_to_string(path).ok()?.trim().to_string();
+        fs::write(path, value).ok()?;
+        Some(SysctlGuard(path, previous))
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0, &self.1);
+    }
+}
+
+/// The kernel may offer FUSE over io_uring while forbidding io_uring to
+/// processes (`kernel.io_uring_disabled`, or a seccomp filter). Asking for
+/// it at INIT would then leave every request waiting for queues that can
+/// never be registered: auto serves through /dev/fuse, on refuses in one line.
+#[test]
+fn io_uring_forbidden_to_processes_means_dev_fuse_or_a_refusal() {
+    let Some(_knob) = RingKnob::set(true) else { return };
+    let Some(_forbidden) = SysctlGuard::set("/proc/sys/kernel/io_uring_disabled", "2") else {
+        eprintln!("skipped: this kernel has no kernel.io_uring_disabled");
+        return;
+    };
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "16M", "1M");
+    let (store_arg, mnt_arg) = (store.to_str().unwrap(), mnt.to_str().unwrap());
+    let _last_resort = KillOnDrop { store: store.clone(), mountpoint: mnt.clone() };
+    let before = snapshot(&store);
+
+    let out = Command::new("timeout")
+        .args(["60", onefs_bin(), "mount", "-o", "io_uring=on", store_arg, mnt_arg])
+        .output()
+        .expect("run onefs mount");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted without io_uring: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("cannot set up an io_uring") && err.contains("io_uring=on"), "{err}");
+    assert!(!is_mountpoint(&mnt));
+    wait_store_released(&store);
+    assert_eq!(snapshot(&store), before, "a refused mount changes nothing");
+
+    let mut mount = Command::new("timeout");
+    mount.args(["60", onefs_bin(), "mount", "-o", "io_uring=auto", store_arg, mnt_arg]);
+    let onefs = OnefsMount::start(&mut mount, &store, &mnt);
+    assert_eq!(ring_threads(onefs.pid()), 0);
+    pwrite(&onefs.disk(), 3 * MIB, b"still a disk");
+    assert_eq!(pread(&onefs.disk(), 3 * MIB, 12), b"still a disk");
+    onefs.unmount();
+}

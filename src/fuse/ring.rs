@@ -88,39 +88,92 @@ fn cpus() -> (usize, Vec<bool>) {
     (count, flags)
 }
 
+/// A ring as each entry has: 128-byte SQEs, one thread submitting.
+fn new_ring() -> io::Result<IoUring<squeue::Entry128, cqueue::Entry>> {
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder().setup_single_issuer().setup_defer_taskrun().build(2)
+}
+
+/// Whether this process can set up the rings at all (the kernel may forbid
+/// io_uring: `kernel.io_uring_disabled`, or a seccomp filter).
+pub fn probe() -> io::Result<()> {
+    new_ring().map(drop)
+}
+
+/// Makes the kernel stop waiting for every queue to have an entry: it
+/// answers a refused registration by serving the connection through
+/// /dev/fuse. `entry` names a queue that does not exist.
+fn refuse(entry: &mut Entry) {
+    let limit = types::Timespec::new().sec(1);
+    let wait = types::SubmitArgs::new().timespec(&limit);
+    let answer = entry
+        .submit_register()
+        .and_then(|()| match entry.ring.submitter().submit_with_args(1, &wait) {
+            Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(0),
+            other => other,
+        })
+        .map(|_| entry.ring.completion().next().map(|c| c.result()));
+    match answer {
+        Ok(Some(res)) if res < 0 => {}
+        other => log::error!("FUSE over io_uring: could not make the kernel fall back to /dev/fuse: {other:?}"),
+    }
+}
+
 impl Rings {
     /// Registers ring entries on the FUSE connection behind `fuse_fd`, one
     /// thread each: about `2 x threads` (the mount option) spread over the
     /// online CPUs' queues, so that as many requests may wait for the disk
-    /// as with fuser's workers, and one on each offline CPU's queue. Call as soon as fuser has answered INIT: from then on the
-    /// kernel holds every request until all queues have an entry. Fails
-    /// when the kernel refuses an entry (it then falls back to /dev/fuse);
+    /// as with fuser's workers, and one on each offline CPU's queue. Call as
+    /// soon as fuser has answered INIT: from then on the kernel holds every
+    /// request until all queues have an entry.
+    ///
+    /// Fails when an entry is refused or a queue's first thread cannot be
+    /// started; either way the kernel is left serving through /dev/fuse, and
     /// entries already registered serve nothing and end with the connection.
+    /// A queue's further threads are extra capacity: one that cannot be
+    /// started is logged and done without.
     pub fn start(fuse_fd: OwnedFd, disk: Arc<Disk>, threads: usize) -> io::Result<Rings> {
         let fuse_fd = Arc::new(fuse_fd);
-        let used = Arc::new(AtomicBool::new(false));
         let (queues, online) = cpus();
+        // Made before any thread: if a queue ends up with no entry, refusing
+        // one is what makes the kernel give up waiting and fall back.
+        let mut refusal = Entry::new(&fuse_fd, queues as u16)?;
         let online_count = online.iter().filter(|&&o| o).count().max(1);
-        let per_online_queue = (2 * threads).div_ceil(online_count);
+        let per_online_queue = (2 * threads).div_ceil(online_count).max(1);
         let (report, registered) = mpsc::channel();
+        let used = Arc::new(AtomicBool::new(false));
         let mut rings = Rings { threads: Vec::new(), used: used.clone() };
-        for (qid, online) in online.into_iter().enumerate() {
-            let per_queue = if online { per_online_queue.max(1) } else { 1 };
-            for n in 0..per_queue {
-                let (fd, disk, used, report) = (fuse_fd.clone(), disk.clone(), used.clone(), report.clone());
-                let thread =
-                    std::thread::Builder::new().name(format!("ring-{qid}.{n}")).spawn(
-                        move || match Entry::register(&fd, qid as u16) {
-                            Ok(entry) => {
-                                let _ = report.send(Ok(()));
-                                entry.serve(&disk, &used);
-                            }
-                            Err(err) => {
-                                let _ = report.send(Err(err));
-                            }
-                        },
-                    )?;
-                rings.threads.push(thread);
+        let spawn = |qid: usize, n: usize| {
+            let (fd, disk, used, report) = (fuse_fd.clone(), disk.clone(), used.clone(), report.clone());
+            std::thread::Builder::new().name(format!("ring-{qid}.{n}")).spawn(move || {
+                match Entry::new(&fd, qid as u16).and_then(Entry::register) {
+                    Ok(entry) => {
+                        let _ = report.send(Ok(()));
+                        entry.serve(&disk, &used);
+                    }
+                    Err(err) => {
+                        let _ = report.send(Err(err));
+                    }
+                }
+            })
+        };
+        for qid in 0..queues {
+            match spawn(qid, 0) {
+                Ok(thread) => rings.threads.push(thread),
+                Err(err) => {
+                    refuse(&mut refusal);
+                    return Err(io::Error::new(err.kind(), format!("cannot start a thread for queue {qid}: {err}")));
+                }
+            }
+        }
+        'extra: for n in 1..per_online_queue {
+            for qid in (0..queues).filter(|&q| online[q]) {
+                match spawn(qid, n) {
+                    Ok(thread) => rings.threads.push(thread),
+                    Err(err) => {
+                        log::warn!("FUSE over io_uring: {} entries, fewer than planned: {err}", rings.threads.len());
+                        break 'extra;
+                    }
+                }
             }
         }
         drop(report);
@@ -174,11 +227,9 @@ const SQE_LEN_OFFSET: usize = 24;
 const _: () = assert!(std::mem::size_of::<squeue::Entry128>() == 128);
 
 impl Entry {
-    fn register(fuse_fd: &Arc<OwnedFd>, qid: u16) -> io::Result<Entry> {
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(2)?;
+    /// A ring and buffers for one entry on queue `qid`, not yet registered.
+    fn new(fuse_fd: &Arc<OwnedFd>, qid: u16) -> io::Result<Entry> {
+        let ring = new_ring()?;
         let mut header = Box::new(RingHeader::new_zeroed());
         // The kernel insists on room for its largest request (max_write).
         let mut payload = vec![0u8; MAX_WRITE as usize];
@@ -186,16 +237,19 @@ impl Entry {
             libc::iovec { iov_base: header.as_mut_bytes().as_mut_ptr().cast(), iov_len: size_of::<RingHeader>() },
             libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
         ]);
-        let mut entry = Entry { ring, fuse_fd: fuse_fd.clone(), qid, header, payload, iov };
+        Ok(Entry { ring, fuse_fd: fuse_fd.clone(), qid, header, payload, iov })
+    }
+
+    fn register(mut self) -> io::Result<Entry> {
         // A refusal completes at once; an accepted entry stays pending until
         // the kernel has a request for it (requests arrive only while this
         // thread waits in `serve`). EAGAIN, "INIT not answered yet", may also
         // come later from io_uring's worker; `serve` registers again then.
         loop {
-            entry.submit_register()?;
-            let refused = entry.ring.completion().next().map(|c| c.result());
+            self.submit_register()?;
+            let refused = self.ring.completion().next().map(|c| c.result());
             match refused {
-                None => return Ok(entry),
+                None => return Ok(self),
                 Some(res) if res == -libc::EAGAIN => std::thread::sleep(Duration::from_millis(1)),
                 Some(res) if res < 0 => return Err(io::Error::from_raw_os_error(-res)),
                 Some(res) => return Err(io::Error::other(format!("registration answered {res}"))),

@@ -111,14 +111,13 @@ where
     if blocks.len() <= 1 {
         return blocks.iter().filter_map(|&b| sync_one(b).err()).collect();
     }
-    let per_thread = blocks.len().div_ceil(SYNC_THREADS);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = blocks
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || chunk.iter().filter_map(|&b| sync_one(b).err()).collect::<Vec<_>>()))
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    })
+    crate::sync::in_chunks(blocks, SYNC_THREADS, |chunk| chunk.iter().filter_map(|&b| sync_one(b).err()).collect())
+        .into_iter()
+        // A panic left its chunk unsynced: that must fail the sync, not vanish.
+        .flat_map(|failures: Option<Vec<io::Error>>| {
+            failures.unwrap_or_else(|| vec![io::Error::other("a sync thread panicked")])
+        })
+        .collect()
 }
 
 /// Durability bookkeeping of a store that flushes files and directories.

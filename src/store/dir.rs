@@ -273,16 +273,15 @@ impl DirStore {
         let lengths: Vec<io::Result<u64>> = if blocks.len() < 1024 {
             blocks.iter().map(|&b| self.stored_len(b)).collect()
         } else {
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = blocks
-                    .chunks(blocks.len().div_ceil(THREADS))
-                    .map(|chunk| scope.spawn(move || chunk.iter().map(|&b| self.stored_len(b)).collect::<Vec<_>>()))
-                    .collect();
-                workers
+            let chunks: Option<Vec<Vec<_>>> =
+                crate::sync::in_chunks(blocks, THREADS, |chunk| chunk.iter().map(|&b| self.stored_len(b)).collect())
                     .into_iter()
-                    .flat_map(|w| w.join().unwrap_or_else(|_| vec![Err(io::Error::other("length check panicked"))]))
-                    .collect()
-            })
+                    .collect();
+            chunks
+                .ok_or_else(|| at(&self.root, io::Error::other("the length check panicked")))?
+                .into_iter()
+                .flatten()
+                .collect()
         };
         let mut short = 0u64;
         for (&block, len) in blocks.iter().zip(lengths) {

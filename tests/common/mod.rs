@@ -94,8 +94,13 @@ impl OnefsMount {
         let mut args = vec!["mount"];
         args.extend_from_slice(extra);
         args.extend([store.to_str().unwrap(), mountpoint.to_str().unwrap()]);
-        let out = onefs(&args);
-        assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+        Self::start(Command::new(onefs_bin()).args(&args), store, mountpoint)
+    }
+
+    /// Runs `mount`, a `onefs mount` command line (wrapped as the caller likes).
+    pub fn start(mount: &mut Command, store: &Path, mountpoint: &Path) -> Self {
+        let out = mount.output().expect("run onefs mount");
+        assert!(out.status.success(), "mount failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         assert!(is_mountpoint(mountpoint), "onefs mount returned before the mount was live");
         OnefsMount { store: store.to_path_buf(), mountpoint: mountpoint.to_path_buf() }
     }
@@ -322,5 +327,99 @@ impl RingKnob {
 impl Drop for RingKnob {
     fn drop(&mut self) {
         let _ = fs::write(RING_KNOB, &self.previous);
+    }
+}
+
+/// A pids cgroup of its own (cgroup v2, or v1's pids hierarchy), in which a
+/// process can be kept from starting threads as systemd's `TasksMax` does.
+/// Removed on drop: declare it before the mounts started in it.
+pub struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    /// `None` (saying so) where there is no pids controller to use.
+    pub fn new() -> Option<Self> {
+        let v2 = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|list| list.split_whitespace().any(|c| c == "pids"));
+        let parent = if v2 {
+            // A child group gets the controller only if its parent hands it down.
+            let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+            PathBuf::from("/sys/fs/cgroup")
+        } else if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+            PathBuf::from("/sys/fs/cgroup/pids")
+        } else {
+            eprintln!("skipped: no pids cgroup controller on this machine");
+            return None;
+        };
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!("onefs-test-{}-{n}", std::process::id()));
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        Some(PidsCgroup(dir))
+    }
+
+    /// `program args`, run inside the group (`sh` joins it, then execs).
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo $$ > \"$0\" && shift && exec \"$@\""]);
+        command.arg(self.0.join("cgroup.procs")).arg("--").arg(program).args(args);
+        command
+    }
+
+    /// Tasks (processes and threads) in the group now.
+    pub fn tasks(&self) -> usize {
+        let text = fs::read_to_string(self.0.join("pids.current")).expect("pids.current");
+        text.trim().parse().expect("a number in pids.current")
+    }
+
+    /// From now on no task beyond `max` can start in the group.
+    pub fn limit(&self, max: usize) {
+        fs::write(self.0.join("pids.max"), max.to_string()).expect("set pids.max");
+    }
+
+    pub fn unlimit(&self) {
+        let _ = fs::write(self.0.join("pids.max"), "max");
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        self.unlimit();
+        // The daemons in it exit shortly after their unmount.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Possible CPUs, as the kernel counts its FUSE io_uring queues.
+pub fn possible_cpus() -> usize {
+    let list = fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
+    list.trim()
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((lo, hi)) => hi.parse::<usize>().unwrap() - lo.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// Kills whatever still serves `store` and detaches `mountpoint`: the last
+/// resort for a test whose mount may hang instead of failing.
+pub struct KillOnDrop {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        let holder = fs::read_to_string(self.store.join("onefs.lock"))
+            .ok()
+            .and_then(|text| text.lines().find_map(|l| l.strip_prefix("pid=")).and_then(|p| p.parse::<i32>().ok()));
+        let is_onefs = |pid: &i32| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "onefs");
+        if let Some(pid) = holder.filter(is_onefs) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
