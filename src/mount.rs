@@ -278,6 +278,8 @@ impl Mounted {
         let session = fuser::Session::new(fs, &mountpoint, &config)
             .map_err(|e| anyhow::anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
         let fuse_fd = session.as_fd().try_clone_to_owned().context("cannot duplicate the /dev/fuse descriptor")?;
+        // The daemon serves several mounts from one process: count only ours.
+        let workers_before = fuser_workers();
         let background = session.spawn().context("cannot start FUSE workers")?;
         let session = std::thread::Builder::new()
             .name("session".into())
@@ -304,7 +306,7 @@ impl Mounted {
         // later. Wait for all of them, so that such a mount fails here with
         // the reason instead of dying once reported ready, and so that the
         // ring threads below compete with none of them.
-        if let Err(err) = mounted.wait_for_workers(spec.options.threads) {
+        if let Err(err) = mounted.wait_for_workers(workers_before, spec.options.threads) {
             let _ = mounted.unmount();
             return Err(err);
         }
@@ -344,9 +346,9 @@ impl Mounted {
         Ok(mounted)
     }
 
-    /// Waits (up to 10 s) until fuser runs `threads` workers; fails with
-    /// the session's error if it ended instead.
-    fn wait_for_workers(&mut self, threads: usize) -> anyhow::Result<()> {
+    /// Waits (up to 10 s) until fuser runs `threads` workers more than the
+    /// process had before; fails with the session's error if it ended instead.
+    fn wait_for_workers(&mut self, before: usize, threads: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if self.session.as_ref().is_some_and(|session| session.is_finished()) {
@@ -357,7 +359,7 @@ impl Mounted {
                 };
                 bail!("the FUSE session ended while starting {threads} workers: {why}");
             }
-            if fuser_workers() >= threads {
+            if fuser_workers() >= before + threads {
                 return Ok(());
             }
             if Instant::now() > deadline {
