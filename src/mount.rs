@@ -2,7 +2,7 @@
 //! clean or lazy unmount.
 
 use crate::fuse::ring::ENABLE_KNOB;
-use crate::fuse::ring::{RingMode, Rings};
+use crate::fuse::ring::{RingMode, Rings, StartError};
 use crate::fuse::{Disk, OnefsFs};
 use crate::image::Image;
 use crate::lock::StoreLock;
@@ -317,10 +317,16 @@ impl Mounted {
             && let Err(err) = mounted.start_rings(fuse_fd, disk, &ring_agreed, spec.options.threads)
         {
             let why = format!("FUSE over io_uring unavailable: {err:#}");
-            if mode == RingMode::On {
+            // A kernel that still waits for queues holds every request: such
+            // a mount would answer nothing (the unmount needs no request).
+            let stuck = err.chain().any(|e| e.downcast_ref::<StartError>().is_some_and(|e| !e.fell_back));
+            if mode == RingMode::On || stuck {
                 // Close the store as cleanly as any unmount would.
                 let _ = mounted.unmount();
                 let _ = mounted.finish();
+                if stuck {
+                    bail!("{why}; unmounted again: mount anew, or with io_uring=off");
+                }
                 bail!("{why} (mount option io_uring=on)");
             }
             log::info!("{why}; serving through /dev/fuse");

@@ -316,6 +316,7 @@ fn sigterm_stops_a_foreground_mount_cleanly() {
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "8M", "1M");
+    let steady = knob_steady();
     let mut child = Command::new(onefs_bin())
         .args(["mount", "--foreground", store.to_str().unwrap(), mnt.to_str().unwrap()])
         .stderr(Stdio::null())
@@ -327,6 +328,7 @@ fn sigterm_stops_a_foreground_mount_cleanly() {
         assert!(Instant::now() < deadline, "foreground mount never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
+    drop(steady);
     fs::OpenOptions::new().write(true).open(guard.disk()).unwrap().write_all_at(b"flushed on exit", MIB).unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
@@ -536,4 +538,77 @@ fn io_uring_forbidden_to_processes_means_dev_fuse_or_a_refusal() {
     pwrite(&onefs.disk(), 3 * MIB, b"still a disk");
     assert_eq!(pread(&onefs.disk(), 3 * MIB, 12), b"still a disk");
     onefs.unmount();
+}
+
+/// Runs `flip` over and over on a thread until dropped.
+struct Toggler(std::sync::Arc<std::sync::atomic::AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Toggler {
+    fn start(flip: impl Fn() + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let running = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !running.load(std::sync::atomic::Ordering::Relaxed) {
+                flip();
+            }
+        });
+        Toggler(stop, Some(thread))
+    }
+}
+
+impl Drop for Toggler {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.1.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Between a mount's check that it may use io_uring and the registration of
+/// its queues, an administrator may forbid io_uring (here: over and over).
+/// The kernel has agreed at INIT by then and holds every request until the
+/// queues exist, so such a mount must fail at once and cleanly, never hang.
+#[test]
+fn io_uring_forbidden_while_mounting_fails_the_mount_cleanly_or_not_at_all() {
+    let Some(_knob) = RingKnob::set(true) else { return };
+    let Some(_restore) = SysctlGuard::set("/proc/sys/kernel/io_uring_disabled", "0") else {
+        eprintln!("skipped: this kernel has no kernel.io_uring_disabled");
+        return;
+    };
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "16M", "1M");
+    let (store_arg, mnt_arg) = (store.to_str().unwrap(), mnt.to_str().unwrap());
+    let _last_resort = KillOnDrop { store: store.clone(), mountpoint: mnt.clone() };
+
+    // Stopped (on drop, also when an assertion fails) before `_restore` puts
+    // the sysctl back.
+    let toggler = Toggler::start(|| {
+        let _ = fs::write("/proc/sys/kernel/io_uring_disabled", "2");
+        let _ = fs::write("/proc/sys/kernel/io_uring_disabled", "0");
+    });
+    let (mut mounted, mut refused) = (0, 0);
+    for _ in 0..40 {
+        let out = Command::new("timeout")
+            .args(["20", onefs_bin(), "mount", store_arg, mnt_arg])
+            .output()
+            .expect("run onefs mount");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            mounted += 1;
+            run("umount", &[mnt_arg]);
+            wait_store_released(&store);
+        } else {
+            assert_ne!(out.status.code(), Some(124), "a mount hung");
+            assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+            assert!(err.contains("io_uring"), "{err}");
+            assert!(!is_mountpoint(&mnt), "a refused mount left a mount behind");
+            wait_store_released(&store);
+            refused += 1;
+        }
+    }
+    drop(toggler);
+    eprintln!("{mounted} mounted, {refused} refused");
+    assert!(mounted > 0, "no mount got through");
 }

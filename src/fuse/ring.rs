@@ -100,9 +100,10 @@ pub fn probe() -> io::Result<()> {
 }
 
 /// Makes the kernel stop waiting for every queue to have an entry: it
-/// answers a refused registration by serving the connection through
-/// /dev/fuse. `entry` names a queue that does not exist.
-fn refuse(entry: &mut Entry) {
+/// answers a registration that fuse refuses by serving the connection
+/// through /dev/fuse. `entry` names a queue that does not exist, so the
+/// answer is EINVAL exactly when fuse itself refused it; true then.
+fn refuse(entry: &mut Entry) -> bool {
     let limit = types::Timespec::new().sec(1);
     let wait = types::SubmitArgs::new().timespec(&limit);
     let answer = entry
@@ -113,10 +114,34 @@ fn refuse(entry: &mut Entry) {
         })
         .map(|_| entry.ring.completion().next().map(|c| c.result()));
     match answer {
-        Ok(Some(res)) if res < 0 => {}
-        other => log::error!("FUSE over io_uring: could not make the kernel fall back to /dev/fuse: {other:?}"),
+        Ok(Some(res)) if res == -libc::EINVAL => true,
+        other => {
+            log::error!("FUSE over io_uring: could not make the kernel fall back to /dev/fuse: {other:?}");
+            false
+        }
     }
 }
+
+/// Why the rings could not be started, and whether the kernel went back to
+/// /dev/fuse. If it did not, it holds every request of the mount: the mount
+/// is of no use and must be unmounted.
+#[derive(Debug)]
+pub struct StartError {
+    pub error: io::Error,
+    pub fell_back: bool,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)?;
+        if !self.fell_back {
+            f.write_str(" (and the kernel still waits for its queues)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StartError {}
 
 impl Rings {
     /// Registers ring entries on the FUSE connection behind `fuse_fd`, one
@@ -127,16 +152,28 @@ impl Rings {
     /// request until all queues have an entry.
     ///
     /// Fails when an entry is refused or a queue's first thread cannot be
-    /// started; either way the kernel is left serving through /dev/fuse, and
-    /// entries already registered serve nothing and end with the connection.
-    /// A queue's further threads are extra capacity: one that cannot be
-    /// started is logged and done without.
-    pub fn start(fuse_fd: OwnedFd, disk: Arc<Disk>, threads: usize) -> io::Result<Rings> {
+    /// started; the kernel is then made to serve through /dev/fuse (the
+    /// error says whether that worked), and entries already registered serve
+    /// nothing and end with the connection. A queue's further threads are
+    /// extra capacity: one that cannot be started is logged and done without.
+    pub fn start(fuse_fd: OwnedFd, disk: Arc<Disk>, threads: usize) -> Result<Rings, StartError> {
         let fuse_fd = Arc::new(fuse_fd);
         let (queues, online) = cpus();
         // Made before any thread: if a queue ends up with no entry, refusing
         // one is what makes the kernel give up waiting and fall back.
-        let mut refusal = Entry::new(&fuse_fd, queues as u16)?;
+        let mut refusal =
+            Entry::new(&fuse_fd, queues as u16).map_err(|error| StartError { error, fell_back: false })?;
+        Self::start_entries(&fuse_fd, disk, threads, queues, online)
+            .map_err(|error| StartError { error, fell_back: refuse(&mut refusal) })
+    }
+
+    fn start_entries(
+        fuse_fd: &Arc<OwnedFd>,
+        disk: Arc<Disk>,
+        threads: usize,
+        queues: usize,
+        online: Vec<bool>,
+    ) -> io::Result<Rings> {
         let online_count = online.iter().filter(|&&o| o).count().max(1);
         let per_online_queue = (2 * threads).div_ceil(online_count).max(1);
         let (report, registered) = mpsc::channel();
@@ -160,7 +197,6 @@ impl Rings {
             match spawn(qid, 0) {
                 Ok(thread) => rings.threads.push(thread),
                 Err(err) => {
-                    refuse(&mut refusal);
                     return Err(io::Error::new(err.kind(), format!("cannot start a thread for queue {qid}: {err}")));
                 }
             }

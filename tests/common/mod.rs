@@ -99,7 +99,9 @@ impl OnefsMount {
 
     /// Runs `mount`, a `onefs mount` command line (wrapped as the caller likes).
     pub fn start(mount: &mut Command, store: &Path, mountpoint: &Path) -> Self {
+        let steady = knob_steady();
         let out = mount.output().expect("run onefs mount");
+        drop(steady);
         assert!(out.status.success(), "mount failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         assert!(is_mountpoint(mountpoint), "onefs mount returned before the mount was live");
         OnefsMount { store: store.to_path_buf(), mountpoint: mountpoint.to_path_buf() }
@@ -314,12 +316,10 @@ impl RingKnob {
             eprintln!("skipped: this kernel has no FUSE over io_uring ({RING_KNOB} is missing)");
             return None;
         }
-        let file = fs::File::create("/tmp/onefs-tests-enable-uring.lock").expect("knob lock file");
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("lock the knob");
+        let lock = lock_knob(nix::fcntl::FlockArg::LockExclusive);
         let previous = fs::read_to_string(RING_KNOB).expect("read enable_uring").trim().to_string();
         fs::write(RING_KNOB, if on { "Y" } else { "N" }).expect("set enable_uring");
+        HOLDS_KNOB.set(true);
         Some(RingKnob { previous, _lock: lock })
     }
 }
@@ -327,7 +327,27 @@ impl RingKnob {
 impl Drop for RingKnob {
     fn drop(&mut self) {
         let _ = fs::write(RING_KNOB, &self.previous);
+        HOLDS_KNOB.set(false);
     }
+}
+
+thread_local! {
+    /// This test holds a [`RingKnob`] (tests run a thread each).
+    static HOLDS_KNOB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn lock_knob(how: nix::fcntl::FlockArg) -> nix::fcntl::Flock<fs::File> {
+    let file = fs::File::create("/tmp/onefs-tests-enable-uring.lock").expect("knob lock file");
+    nix::fcntl::Flock::lock(file, how).map_err(|(_, e)| e).expect("lock the knob")
+}
+
+/// Keeps `enable_uring` from changing while a mount starts. A mount that
+/// asks for io_uring and sees the kernel agree at INIT cannot register its
+/// queues if another test turns the parameter off in between (the kernel
+/// then refuses them and holds every request). `None` inside a test that
+/// holds the knob itself.
+pub fn knob_steady() -> Option<nix::fcntl::Flock<fs::File>> {
+    (!HOLDS_KNOB.get()).then(|| lock_knob(nix::fcntl::FlockArg::LockShared))
 }
 
 /// A pids cgroup of its own (cgroup v2, or v1's pids hierarchy), in which a
