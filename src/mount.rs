@@ -11,6 +11,7 @@ use crate::options::MountOptions;
 use anyhow::{Context, bail};
 use fuser::{MountOption, SessionACL};
 use nix::mount::{MntFlags, umount2};
+use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,13 +95,17 @@ fn is_live(mountpoint: &Path, store: &Path) -> bool {
     fuse && mountinfo::mount_at(mountpoint).is_some_and(|m| m.fstype == FUSE_TYPE && Path::new(&m.source) == store)
 }
 
-/// Threads of this process that fuser runs its workers on (`fuser-N`).
-fn fuser_workers() -> usize {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+/// Threads of this process that fuser runs its workers on (`fuser-N`), by id.
+fn fuser_workers() -> HashSet<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return HashSet::new() };
     tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim().strip_prefix("fuser-").is_some_and(|n| n.parse::<usize>().is_ok()))
-        .count()
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let worker = comm.trim().strip_prefix("fuser-").is_some_and(|n| n.parse::<usize>().is_ok());
+            worker.then(|| task.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
 }
 
 /// Whether the kernel will offer FUSE over io_uring to a new mount.
@@ -278,7 +283,8 @@ impl Mounted {
         let session = fuser::Session::new(fs, &mountpoint, &config)
             .map_err(|e| anyhow::anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
         let fuse_fd = session.as_fd().try_clone_to_owned().context("cannot duplicate the /dev/fuse descriptor")?;
-        // The daemon serves several mounts from one process: count only ours.
+        // The daemon serves several mounts from one process (and unmounts
+        // some while mounting others): wait for new workers only.
         let workers_before = fuser_workers();
         let background = session.spawn().context("cannot start FUSE workers")?;
         let session = std::thread::Builder::new()
@@ -306,7 +312,7 @@ impl Mounted {
         // later. Wait for all of them, so that such a mount fails here with
         // the reason instead of dying once reported ready, and so that the
         // ring threads below compete with none of them.
-        if let Err(err) = mounted.wait_for_workers(workers_before, spec.options.threads) {
+        if let Err(err) = mounted.wait_for_workers(&workers_before, spec.options.threads) {
             let _ = mounted.unmount();
             return Err(err);
         }
@@ -352,9 +358,9 @@ impl Mounted {
         Ok(mounted)
     }
 
-    /// Waits (up to 10 s) until fuser runs `threads` workers more than the
-    /// process had before; fails with the session's error if it ended instead.
-    fn wait_for_workers(&mut self, before: usize, threads: usize) -> anyhow::Result<()> {
+    /// Waits (up to 10 s) until fuser runs `threads` workers that were not
+    /// in `before`; fails with the session's error if it ended instead.
+    fn wait_for_workers(&mut self, before: &HashSet<String>, threads: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if self.session.as_ref().is_some_and(|session| session.is_finished()) {
@@ -365,7 +371,7 @@ impl Mounted {
                 };
                 bail!("the FUSE session ended while starting {threads} workers: {why}");
             }
-            if fuser_workers() >= before + threads {
+            if fuser_workers().difference(before).count() >= threads {
                 return Ok(());
             }
             if Instant::now() > deadline {
