@@ -495,6 +495,18 @@ impl SysctlGuard {
     }
 }
 
+/// Sets `kernel.io_uring_disabled` until dropped; `None` (saying so) on a
+/// kernel without it.
+fn io_uring_disabled(value: &str) -> Option<SysctlGuard> {
+    let guard = SysctlGuard::set(IO_URING_DISABLED, value);
+    if guard.is_none() {
+        eprintln!("skipped: this kernel has no kernel.io_uring_disabled");
+    }
+    guard
+}
+
+const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
+
 impl Drop for SysctlGuard {
     fn drop(&mut self) {
         let _ = fs::write(self.0, &self.1);
@@ -508,10 +520,7 @@ impl Drop for SysctlGuard {
 #[test]
 fn io_uring_forbidden_to_processes_means_dev_fuse_or_a_refusal() {
     let Some(_knob) = RingKnob::set(true) else { return };
-    let Some(_forbidden) = SysctlGuard::set("/proc/sys/kernel/io_uring_disabled", "2") else {
-        eprintln!("skipped: this kernel has no kernel.io_uring_disabled");
-        return;
-    };
+    let Some(_forbidden) = io_uring_disabled("2") else { return };
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "16M", "1M");
@@ -572,10 +581,7 @@ impl Drop for Toggler {
 #[test]
 fn io_uring_forbidden_while_mounting_fails_the_mount_cleanly_or_not_at_all() {
     let Some(_knob) = RingKnob::set(true) else { return };
-    let Some(_restore) = SysctlGuard::set("/proc/sys/kernel/io_uring_disabled", "0") else {
-        eprintln!("skipped: this kernel has no kernel.io_uring_disabled");
-        return;
-    };
+    let Some(_restore) = io_uring_disabled("0") else { return };
     let s = Scratch::new();
     let (store, mnt) = (s.path("store"), s.dir("mnt"));
     create(&store, "16M", "1M");
@@ -585,8 +591,8 @@ fn io_uring_forbidden_while_mounting_fails_the_mount_cleanly_or_not_at_all() {
     // Stopped (on drop, also when an assertion fails) before `_restore` puts
     // the sysctl back.
     let toggler = Toggler::start(|| {
-        let _ = fs::write("/proc/sys/kernel/io_uring_disabled", "2");
-        let _ = fs::write("/proc/sys/kernel/io_uring_disabled", "0");
+        let _ = fs::write(IO_URING_DISABLED, "2");
+        let _ = fs::write(IO_URING_DISABLED, "0");
     });
     let (mut mounted, mut refused) = (0, 0);
     for _ in 0..40 {
