@@ -2,7 +2,7 @@
 //! clean or lazy unmount.
 
 use crate::fuse::ring::ENABLE_KNOB;
-use crate::fuse::ring::{RingMode, Rings, StartError};
+use crate::fuse::ring::{ENTRIES_PER_THREAD, RingMode, Rings, StartError};
 use crate::fuse::{Disk, OnefsFs};
 use crate::image::Image;
 use crate::lock::StoreLock;
@@ -320,7 +320,7 @@ impl Mounted {
         // the queues are registered (or a registration fails): register
         // before anything asks the mount a question.
         if mode != RingMode::Off
-            && let Err(err) = mounted.start_rings(fuse_fd, disk, &ring_agreed, spec.options.threads)
+            && let Err(err) = mounted.start_rings(fuse_fd, disk, &ring_agreed, spec)
         {
             let why = format!("FUSE over io_uring unavailable: {err:#}");
             // A kernel that still waits for queues holds every request: such
@@ -389,7 +389,7 @@ impl Mounted {
         fuse_fd: OwnedFd,
         disk: Arc<Disk>,
         agreed: &OnceLock<bool>,
-        threads: usize,
+        spec: &MountSpec,
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let agreed = loop {
@@ -403,7 +403,12 @@ impl Mounted {
             ring_offered()?;
             bail!("the kernel did not offer it at INIT");
         }
-        self.rings = Some(Rings::start(fuse_fd, disk, threads).context("cannot register io_uring queues")?);
+        // A thread answers all its entries' requests in turn: several
+        // entries a thread when requests are served from memory or the local
+        // disk, one when a request may wait for a remote store.
+        let entries_per_thread = if spec.remote.is_some() { 1 } else { ENTRIES_PER_THREAD };
+        let rings = Rings::start(fuse_fd, disk, spec.options.threads, entries_per_thread);
+        self.rings = Some(rings.context("cannot register io_uring queues")?);
         Ok(())
     }
 

@@ -450,6 +450,88 @@ fn fsync_works_when_no_thread_can_be_started() {
     onefs.unmount();
 }
 
+/// A ring thread answers several entries in turn. An fsync, which may take
+/// seconds, must not hold up the requests the kernel hands to that thread's
+/// other entries meanwhile.
+#[test]
+fn reads_are_answered_while_an_fsync_flushes_over_io_uring() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some(_knob) = RingKnob::set(true) else { return };
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "4G", "4M");
+    // Twice `threads` entries spread over the queues: 4 a queue, one thread
+    // each, so the fsync and the reads below meet in one thread.
+    let option = format!("io_uring=on,threads={}", 2 * online_cpus());
+    let onefs = OnefsMount::new(&store, &mnt, &["-o", &option]);
+    assert!(ring_threads(onefs.pid()) > 0, "not serving over io_uring");
+
+    // 1 GiB left in the store's page cache: a flush that takes a while.
+    // No write ends a block, so none starts its block's writeback early.
+    const DIRTY: u64 = 1024 * MIB;
+    let disk = fs::OpenOptions::new().read(true).write(true).open(onefs.disk()).expect("open disk.img");
+    let chunk = pattern(3, MIB as usize - 4096);
+    for offset in (0..DIRTY).step_by(MIB as usize) {
+        disk.write_all_at(&chunk, offset).expect("write");
+    }
+
+    // The kernel queues a request for the CPU that sends it.
+    let cpu = pin_to_first_allowed_cpu();
+    let flushed = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let flushed = flushed.clone();
+        std::thread::spawn(move || {
+            pin_to_cpu(cpu);
+            let result = disk.sync_all();
+            flushed.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let direct = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(onefs.disk()).expect("open");
+    let mut buffer = vec![0u8; 8192];
+    let aligned = buffer.as_ptr().align_offset(4096);
+    let (mut during, mut reads) = (0, 0);
+    while !flushed.load(Ordering::SeqCst) && reads < 1000 {
+        let offset = (reads * 7 * MIB) % DIRTY;
+        direct.read_exact_at(&mut buffer[aligned..aligned + 4096], offset).expect("read");
+        assert_eq!(buffer[aligned..aligned + 4096], chunk[..4096]);
+        reads += 1;
+        if !flushed.load(Ordering::SeqCst) {
+            during += 1;
+        }
+    }
+    flusher.join().expect("flusher thread").expect("fsync");
+    assert!(during > 0, "no read was answered while the fsync ran ({reads} reads in all)");
+    drop(direct);
+    onefs.unmount();
+}
+
+/// Pins the calling thread to the first CPU it may run on; returns that CPU.
+fn pin_to_first_allowed_cpu() -> usize {
+    // SAFETY: cpu_set_t is plain data, filled in by the kernel.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(rc, 0, "sched_getaffinity");
+    // SAFETY: CPU_ISSET reads the set within its bounds.
+    let cpu = (0..libc::CPU_SETSIZE as usize).find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).expect("a CPU");
+    pin_to_cpu(cpu);
+    cpu
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: as above; CPU_SET writes within the set's bounds.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "sched_setaffinity {cpu}");
+}
+
 /// The kernel holds every request until each CPU's io_uring queue has an
 /// entry: when a queue's thread cannot be started, the mount must make the
 /// kernel fall back to /dev/fuse, not wait for that queue forever.

@@ -414,7 +414,16 @@ impl Drop for PidsCgroup {
 
 /// Possible CPUs, as the kernel counts its FUSE io_uring queues.
 pub fn possible_cpus() -> usize {
-    let list = fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
+    count_cpus("possible")
+}
+
+/// Online CPUs, over whose queues onefs spreads its ring entries.
+pub fn online_cpus() -> usize {
+    count_cpus("online")
+}
+
+fn count_cpus(which: &str) -> usize {
+    let list = fs::read_to_string(format!("/sys/devices/system/cpu/{which}")).expect("CPU list");
     list.trim()
         .split(',')
         .map(|part| match part.split_once('-') {

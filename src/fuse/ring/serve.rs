@@ -65,6 +65,11 @@ fn name(payload: &[u8]) -> &[u8] {
     payload.split(|&b| b == 0).next().unwrap_or_default()
 }
 
+/// Whether `request` asks for a flush to the disk (which may take seconds).
+pub fn is_fsync(request: &abi::InHeader) -> bool {
+    matches!(request.opcode, opcode::FSYNC | opcode::FSYNCDIR)
+}
+
 /// Answers `request`; `payload[..in_len]` holds its variable part (name,
 /// data) on entry and the reply's arguments on return (their length is the
 /// `Ok` value).
