@@ -111,18 +111,18 @@ pub fn probe() -> io::Result<()> {
 
 /// Makes the kernel stop waiting for every queue to have an entry: it
 /// answers a registration that fuse refuses by serving the connection
-/// through /dev/fuse. `entry` names a queue that does not exist, so the
+/// through /dev/fuse. `refusal` names a queue that does not exist, so the
 /// answer is EINVAL exactly when fuse itself refused it; true then.
-fn refuse(entry: &mut Entry) -> bool {
+fn refuse(refusal: &mut ThreadRing) -> bool {
     let limit = types::Timespec::new().sec(1);
     let wait = types::SubmitArgs::new().timespec(&limit);
-    let answer = entry
+    let answer = refusal
         .push_register(0)
-        .and_then(|()| match entry.ring.submitter().submit_with_args(1, &wait) {
+        .and_then(|()| match refusal.ring.submitter().submit_with_args(1, &wait) {
             Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(0),
             other => other,
         })
-        .map(|_| entry.ring.completion().next().map(|c| c.result()));
+        .map(|_| refusal.ring.completion().next().map(|c| c.result()));
     match answer {
         Ok(Some(res)) if res == -libc::EINVAL => true,
         other => {
@@ -154,11 +154,10 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Rings {
-    /// Registers ring entries on the FUSE connection behind `fuse_fd`:
-    /// about `2 x threads` (the mount option) spread over the online CPUs'
-    /// queues, `entries_per_thread` to a thread, and one on each offline
-    /// CPU's queue. Call as soon as fuser has answered INIT: from then on
-    /// the kernel holds every request until all queues have an entry.
+    /// Registers ring entries on the FUSE connection behind `fuse_fd`, on
+    /// threads as [`plan_threads`] lays them out. Call as soon as fuser has
+    /// answered INIT: from then on the kernel holds every request until all
+    /// queues have an entry.
     ///
     /// Fails when an entry is refused or a queue's first thread cannot be
     /// started; the kernel is then made to serve through /dev/fuse (the
@@ -176,8 +175,8 @@ impl Rings {
         // Made before any thread: if a queue ends up with no entry, refusing
         // one is what makes the kernel give up waiting and fall back.
         let mut refusal =
-            Entry::new(&fuse_fd, queues as u16, 1).map_err(|error| StartError { error, fell_back: false })?;
-        Self::start_entries(&fuse_fd, disk, threads, entries_per_thread, queues, online)
+            ThreadRing::new(&fuse_fd, queues as u16, 1).map_err(|error| StartError { error, fell_back: false })?;
+        Self::start_entries(&fuse_fd, disk, threads, entries_per_thread, &online)
             .map_err(|error| StartError { error, fell_back: refuse(&mut refusal) })
     }
 
@@ -186,23 +185,19 @@ impl Rings {
         disk: Arc<Disk>,
         threads: usize,
         entries_per_thread: usize,
-        queues: usize,
-        online: Vec<bool>,
+        online: &[bool],
     ) -> io::Result<Rings> {
-        let online_count = online.iter().filter(|&&o| o).count().max(1);
-        let per_online_queue = (2 * threads).div_ceil(online_count).max(1);
-        let batch = entries_per_thread.max(1);
-        let threads_per_queue = per_online_queue.div_ceil(batch);
         let (report, registered) = mpsc::channel();
         let used = Arc::new(AtomicBool::new(false));
         let mut rings = Rings { threads: Vec::new(), used: used.clone() };
-        let spawn = |qid: usize, n: usize, slots: usize| {
+        let spawn = |planned: &PlannedThread| {
             let (fd, disk, used, report) = (fuse_fd.clone(), disk.clone(), used.clone(), report.clone());
+            let PlannedThread { qid, n, entries } = *planned;
             std::thread::Builder::new().name(format!("ring-{qid}.{n}")).spawn(move || {
-                match Entry::new(&fd, qid as u16, slots).and_then(Entry::register) {
-                    Ok(entry) => {
+                match ThreadRing::new(&fd, qid as u16, entries).and_then(ThreadRing::register) {
+                    Ok(ring) => {
                         let _ = report.send(Ok(()));
-                        entry.serve(&disk, &used);
+                        ring.serve(&disk, &used);
                     }
                     Err(err) => {
                         let _ = report.send(Err(err));
@@ -210,25 +205,17 @@ impl Rings {
                 }
             })
         };
-        for (qid, &is_online) in online.iter().enumerate() {
-            let slots = if is_online { batch.min(per_online_queue) } else { 1 };
-            match spawn(qid, 0, slots) {
+        for planned in plan_threads(threads, entries_per_thread, online) {
+            match spawn(&planned) {
                 Ok(thread) => rings.threads.push(thread),
-                Err(err) => {
+                Err(err) if planned.n == 0 => {
+                    let qid = planned.qid;
                     return Err(io::Error::new(err.kind(), format!("cannot start a thread for queue {qid}: {err}")));
                 }
-            }
-        }
-        'extra: for n in 1..threads_per_queue {
-            let slots = batch.min(per_online_queue - n * batch);
-            for qid in (0..queues).filter(|&q| online[q]) {
-                match spawn(qid, n, slots) {
-                    Ok(thread) => rings.threads.push(thread),
-                    Err(err) => {
-                        let started = rings.threads.len();
-                        log::warn!("FUSE over io_uring: {started} threads, fewer than planned: {err}");
-                        break 'extra;
-                    }
+                Err(err) => {
+                    let started = rings.threads.len();
+                    log::warn!("FUSE over io_uring: {started} threads, fewer than planned: {err}");
+                    break;
                 }
             }
         }
@@ -240,7 +227,7 @@ impl Rings {
                 Err(_) => return Err(io::Error::other("a ring thread ended before registering")),
             }
         }
-        log::debug!("FUSE over io_uring: {} threads on {queues} queues", rings.threads.len());
+        log::debug!("FUSE over io_uring: {} threads on {} queues", rings.threads.len(), online.len());
         Ok(rings)
     }
 
@@ -264,6 +251,34 @@ impl Rings {
             let _ = thread.join();
         }
     }
+}
+
+/// A ring thread to start: its queue, its number there, its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PlannedThread {
+    qid: usize,
+    n: usize,
+    entries: usize,
+}
+
+/// The ring threads for `threads` (the mount option): `2 x threads` entries
+/// spread over the online CPUs' queues, `entries_per_thread` to a thread,
+/// and one entry on each offline CPU's queue. Every queue's first thread
+/// comes first: the kernel needs them all, the rest are extra capacity.
+fn plan_threads(threads: usize, entries_per_thread: usize, online: &[bool]) -> Vec<PlannedThread> {
+    let online_count = online.iter().filter(|&&o| o).count().max(1);
+    let per_online_queue = (2 * threads).div_ceil(online_count).max(1);
+    let batch = entries_per_thread.max(1);
+    let first = online.iter().enumerate().map(|(qid, &is_online)| PlannedThread {
+        qid,
+        n: 0,
+        entries: if is_online { batch.min(per_online_queue) } else { 1 },
+    });
+    let extra = (1..per_online_queue.div_ceil(batch)).flat_map(|n| {
+        let entries = batch.min(per_online_queue - n * batch);
+        (0..online.len()).filter(|&qid| online[qid]).map(move |qid| PlannedThread { qid, n, entries })
+    });
+    first.chain(extra).collect()
 }
 
 /// One ring entry's buffers: the kernel writes a request into them and
@@ -348,13 +363,17 @@ impl Finished {
 }
 
 /// A thread-private ring carrying some entries of one queue.
-struct Entry {
+struct ThreadRing {
+    /// First, so that it goes before the buffers it points into.
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     fuse_fd: Arc<OwnedFd>,
     qid: u16,
     slots: Vec<Slot>,
-    /// Requests that arrived while registering, answered first in `serve`.
-    early: Vec<(usize, i32)>,
+    /// Requests that arrived while registering (user data, result),
+    /// answered first in `serve`.
+    early: Vec<(u64, i32)>,
+    /// Where the eventfd read puts the count; lives as long as the ring.
+    wake_count: Box<u64>,
 }
 
 /// `sqe->len` of a REGISTER: the two iovecs. io-uring's `UringCmd80` has no
@@ -362,16 +381,16 @@ struct Entry {
 const SQE_LEN_OFFSET: usize = 24;
 const _: () = assert!(std::mem::size_of::<squeue::Entry128>() == 128);
 
-impl Entry {
+impl ThreadRing {
     /// A ring and `slots` entries' buffers on queue `qid`, not yet registered.
-    fn new(fuse_fd: &Arc<OwnedFd>, qid: u16, slots: usize) -> io::Result<Entry> {
+    fn new(fuse_fd: &Arc<OwnedFd>, qid: u16, slots: usize) -> io::Result<ThreadRing> {
         // One more submission for the eventfd read.
         let ring = new_ring(slots + 1)?;
         let slots = (0..slots).map(|_| Slot::new()).collect();
-        Ok(Entry { ring, fuse_fd: fuse_fd.clone(), qid, slots, early: Vec::new() })
+        Ok(ThreadRing { ring, fuse_fd: fuse_fd.clone(), qid, slots, early: Vec::new(), wake_count: Box::new(0) })
     }
 
-    fn register(mut self) -> io::Result<Entry> {
+    fn register(mut self) -> io::Result<ThreadRing> {
         // A refusal completes at once; an accepted entry stays pending until
         // the kernel has a request for it. EAGAIN, "INIT not answered yet",
         // may also come later from io_uring's worker; `serve` registers
@@ -382,12 +401,12 @@ impl Entry {
                 self.push_register(slot)?;
             }
             self.ring.submit()?;
-            let answers: Vec<_> = self.ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
-            for (slot, res) in answers {
+            let answers: Vec<_> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            for (user_data, res) in answers {
                 match res {
-                    res if res == -libc::EAGAIN => pending.push(slot),
+                    res if res == -libc::EAGAIN => pending.push(user_data as usize),
                     res if res < 0 => return Err(io::Error::from_raw_os_error(-res)),
-                    _ => self.early.push((slot, res)),
+                    _ => self.early.push((user_data, res)),
                 }
             }
             if !pending.is_empty() {
@@ -442,12 +461,11 @@ impl Entry {
                 None
             }
         };
-        let mut wake_count = Box::new(0u64);
         let (mut fsyncs_out, mut wake_armed) = (0usize, false);
         let mut arrived = std::mem::take(&mut self.early);
         loop {
-            for (slot, res) in arrived.drain(..) {
-                if slot as u64 == WAKE {
+            for (user_data, res) in arrived.drain(..) {
+                if user_data == WAKE {
                     wake_armed = false;
                     if res < 0 && res != -libc::EINTR {
                         log::error!("FUSE ring queue {}: {}", self.qid, io::Error::from_raw_os_error(-res));
@@ -464,6 +482,7 @@ impl Entry {
                     }
                     continue;
                 }
+                let slot = user_data as usize;
                 if res == -libc::EAGAIN {
                     // Registered a moment before the kernel finished INIT.
                     std::thread::sleep(Duration::from_millis(1));
@@ -514,7 +533,8 @@ impl Entry {
                 && fsyncs_out > 0
                 && !wake_armed
             {
-                let read = opcode::Read::new(types::Fd(finished.eventfd.as_raw_fd()), (&raw mut *wake_count).cast(), 8);
+                let read =
+                    opcode::Read::new(types::Fd(finished.eventfd.as_raw_fd()), (&raw mut *self.wake_count).cast(), 8);
                 if let Err(err) = self.push(&read.build().user_data(WAKE).into()) {
                     log::error!("FUSE ring queue {}: cannot wait for fsyncs: {err}", self.qid);
                     return;
@@ -529,7 +549,7 @@ impl Entry {
                     return;
                 }
             }
-            arrived.extend(self.ring.completion().map(|c| (c.user_data() as usize, c.result())));
+            arrived.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         }
     }
 }
@@ -557,4 +577,55 @@ fn fsync_in_helper(
         .name("ring-fsync".into())
         .spawn(move || finished.post(slot, commit_id, unique, disk.fsync().map(|()| 0)))
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(plan: &[PlannedThread]) -> Vec<(usize, usize, usize)> {
+        plan.iter().map(|p| (p.qid, p.n, p.entries)).collect()
+    }
+
+    fn entries_of_queue(plan: &[PlannedThread], qid: usize) -> usize {
+        plan.iter().filter(|p| p.qid == qid).map(|p| p.entries).sum()
+    }
+
+    #[test]
+    fn two_cpus_sixteen_threads_make_two_threads_of_eight_a_queue() {
+        let plan = plan_threads(16, 8, &[true, true]);
+        assert_eq!(planned(&plan), [(0, 0, 8), (1, 0, 8), (0, 1, 8), (1, 1, 8)]);
+    }
+
+    #[test]
+    fn every_queue_gets_its_first_thread_before_any_extra() {
+        let plan = plan_threads(16, 4, &[true, false, true, true]);
+        let firsts: Vec<_> = plan.iter().take_while(|p| p.n == 0).map(|p| p.qid).collect();
+        assert_eq!(firsts, [0, 1, 2, 3]);
+        assert!(plan.iter().skip(4).all(|p| p.n > 0));
+        // 32 entries over 3 online queues: 11 each, as 4 + 4 + 3.
+        for qid in [0, 2, 3] {
+            assert_eq!(entries_of_queue(&plan, qid), 11, "queue {qid}");
+        }
+        assert_eq!(planned(&plan).iter().filter(|p| p.0 == 0).map(|p| p.2).collect::<Vec<_>>(), [4, 4, 3]);
+        // An offline CPU's queue still needs an entry, and one is enough.
+        assert_eq!(planned(&plan).iter().filter(|p| p.0 == 1).collect::<Vec<_>>(), [&(1, 0, 1)]);
+    }
+
+    #[test]
+    fn one_entry_a_thread_keeps_a_thread_for_every_entry() {
+        let plan = plan_threads(16, 1, &[true, true]);
+        assert_eq!(plan.len(), 32);
+        assert!(plan.iter().all(|p| p.entries == 1));
+        assert_eq!(entries_of_queue(&plan, 1), 16);
+    }
+
+    #[test]
+    fn more_cpus_than_entries_still_give_each_queue_one() {
+        let plan = plan_threads(2, 8, &[true; 16]);
+        assert_eq!(plan.len(), 16);
+        assert!(plan.iter().all(|p| p.n == 0 && p.entries == 1));
+        // Nonsense asked for (0 threads, 0 entries a thread) still serves.
+        assert_eq!(planned(&plan_threads(0, 0, &[true])), [(0, 0, 1)]);
+    }
 }
