@@ -2,11 +2,13 @@
 //! block files, the cache's block files, fsck's view of both).
 
 use crate::core::is_zero;
+use crate::sync::lock;
 use std::fmt::Display;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// True if the first `len` bytes of `file` hold no non-zero byte. Reads only
@@ -128,23 +130,37 @@ pub struct FlushState {
     /// Once an fsync failed, the kernel may have dropped the data: every
     /// later sync must fail too, or a lost write would look durable.
     failed: AtomicBool,
+    /// Held for the whole of a sync (see `sync`).
+    turn: Mutex<()>,
+}
+
+/// What one sync's flush reports: the files that failed to flush, and the
+/// directories' flush.
+pub struct Flushed {
+    pub files: Vec<io::Error>,
+    pub dirs: io::Result<()>,
 }
 
 impl FlushState {
-    /// Takes the "names changed" flag for a sync that is about to start.
-    pub fn take_names_dirty(&self) -> bool {
-        self.names_dirty.swap(false, Ordering::AcqRel)
-    }
-
-    /// Ends a sync: a failed file flush poisons every later sync, a failed
-    /// directory flush is retried by the next one. `what` names the store in
-    /// the poisoned-sync error.
-    pub fn finish(&self, file_failures: Vec<io::Error>, dirs: io::Result<()>, what: &dyn Display) -> io::Result<()> {
-        if let Some(err) = file_failures.into_iter().next() {
+    /// Runs one sync of a store: `flush` is told whether names changed since
+    /// the last sync, takes the store's dirty set and flushes it.
+    ///
+    /// Syncs run one at a time. Each takes the dirty set, so a sync running
+    /// beside another finds the blocks it must make durable already taken and
+    /// would report success while the other is still flushing them: a power
+    /// cut in that window lost an acknowledged write. `what` names the store
+    /// in the poisoned-sync error.
+    pub fn sync(&self, what: &dyn Display, flush: impl FnOnce(bool) -> Flushed) -> io::Result<()> {
+        let _turn = lock(&self.turn);
+        let names_dirty = self.names_dirty.swap(false, Ordering::AcqRel);
+        let flushed = flush(names_dirty);
+        // A failed file flush poisons every later sync; a failed directory
+        // flush is retried by the next one.
+        if let Some(err) = flushed.files.into_iter().next() {
             self.failed.store(true, Ordering::Release);
             return Err(err);
         }
-        if let Err(err) = dirs {
+        if let Err(err) = flushed.dirs {
             self.names_dirty.store(true, Ordering::Release);
             return Err(err);
         }
@@ -253,17 +269,54 @@ pub(crate) mod tests {
         file.flush().unwrap();
     }
 
+    fn flushed(files: Vec<io::Error>, dirs: io::Result<()>) -> Flushed {
+        Flushed { files, dirs }
+    }
+
+    fn eio() -> io::Error {
+        io::Error::from_raw_os_error(libc::EIO)
+    }
+
     #[test]
     fn a_failed_flush_poisons_later_syncs_and_a_failed_directory_flush_retries() {
         let state = FlushState::default();
         state.names_dirty.store(true, Ordering::Release);
-        assert!(state.take_names_dirty());
-        let dir_err = state.finish(vec![], Err(io::Error::from_raw_os_error(libc::EIO)), &"s");
-        assert!(dir_err.is_err() && state.take_names_dirty(), "directory flush retried");
-        assert!(state.finish(vec![], Ok(()), &"s").is_ok());
-        assert!(state.finish(vec![io::Error::from_raw_os_error(libc::EIO)], Ok(()), &"s").is_err());
-        let later = state.finish(vec![], Ok(()), &"/store").unwrap_err();
+        let dir_err = state.sync(&"s", |names| {
+            assert!(names);
+            flushed(vec![], Err(eio()))
+        });
+        assert!(dir_err.is_err());
+        assert!(state.sync(&"s", |names| flushed(vec![], if names { Ok(()) } else { Err(eio()) })).is_ok(), "retried");
+        assert!(state.sync(&"s", |names| flushed(vec![], if names { Err(eio()) } else { Ok(()) })).is_ok(), "once");
+        assert!(state.sync(&"s", |_| flushed(vec![eio()], Ok(()))).is_err());
+        let later = state.sync(&"/store", |_| flushed(vec![], Ok(()))).unwrap_err();
         assert!(later.to_string().contains("/store: an earlier flush failed"), "{later}");
+    }
+
+    #[test]
+    fn a_sync_does_not_return_while_an_earlier_one_is_still_flushing() {
+        use std::sync::mpsc::channel;
+        let state = &FlushState::default();
+        let (started, first_is_flushing) = channel();
+        let (release, released) = channel::<()>();
+        let (done, second_done) = channel();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                state.sync(&"s", |_| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    flushed(vec![eio()], Ok(()))
+                })
+            });
+            first_is_flushing.recv().unwrap();
+            // Nothing left dirty for the second one: it must still wait.
+            scope.spawn(move || done.send(state.sync(&"s", |_| flushed(vec![], Ok(())))).unwrap());
+            let early = second_done.recv_timeout(std::time::Duration::from_millis(200));
+            release.send(()).unwrap();
+            assert!(early.is_err(), "the second sync returned {early:?} while the first was flushing");
+            let second = second_done.recv().unwrap();
+            assert!(second.is_err(), "the first sync's failure reaches the second");
+        });
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! exactly the raw bytes of that block (holes where it was zeroed), so a store
 //! stays readable with standard tools.
 
-use super::blockfile::Cached;
+use super::blockfile::{Cached, Flushed};
 use super::{BlockStore, Zeroed};
 use crate::core::Geometry;
 use crate::sync::lock;
@@ -368,7 +368,9 @@ impl DirStore {
         file.sync_all().map_err(|e| at(&path, e))
     }
 
-    fn fsync_blocks(&self, blocks: &[u64]) -> Vec<io::Error> {
+    /// fsyncs the given block files; also tells whether one of them was
+    /// deleted meanwhile.
+    fn fsync_blocks(&self, blocks: &[u64]) -> (Vec<io::Error>, bool) {
         // Start writeback of every dirty block file before waiting for any:
         // the disk gets one deep queue instead of SYNC_THREADS files at a
         // time. Cached descriptors only; the fsyncs below make it durable.
@@ -379,6 +381,7 @@ impl DirStore {
                 }
             }
         }
+        let vanished = AtomicBool::new(false);
         let sync_one = |block: u64| -> io::Result<()> {
             // Runs without the block's lock: a descriptor opened here must not
             // enter the cache, or a concurrent delete + re-create could leave
@@ -389,12 +392,18 @@ impl DirStore {
             };
             match file {
                 Ok(file) => file.sync_data().map_err(|e| at(&self.block_path(block), e)),
-                // Deleted since it was written: the directory sync covers it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                // Deleted since it was written, maybe after this sync began and
+                // took the names flag: the directory must be flushed, or the
+                // deletion and the write before it could both be lost.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    vanished.store(true, Ordering::Relaxed);
+                    Ok(())
+                }
                 Err(e) => Err(e),
             }
         };
-        super::blockfile::sync_blocks(blocks, sync_one)
+        let failures = super::blockfile::sync_blocks(blocks, sync_one);
+        (failures, vanished.into_inner())
     }
 }
 
@@ -543,11 +552,14 @@ impl BlockStore for DirStore {
     }
 
     fn sync(&self) -> io::Result<()> {
-        let blocks: Vec<u64> = self.shards.iter().flat_map(|shard| std::mem::take(&mut lock(&shard.0).dirty)).collect();
-        let names_dirty = self.flush.take_names_dirty();
-        let failures = self.fsync_blocks(&blocks);
-        let dir_result = if names_dirty { self.dir.sync_all().map_err(|e| at(&self.root, e)) } else { Ok(()) };
-        self.flush.finish(failures, dir_result, &self.root.display())
+        self.flush.sync(&self.root.display(), |names_dirty| {
+            let blocks: Vec<u64> =
+                self.shards.iter().flat_map(|shard| std::mem::take(&mut lock(&shard.0).dirty)).collect();
+            let (files, vanished) = self.fsync_blocks(&blocks);
+            let dirs =
+                if names_dirty || vanished { self.dir.sync_all().map_err(|e| at(&self.root, e)) } else { Ok(()) };
+            Flushed { files, dirs }
+        })
     }
 
     fn stored_bytes(&self, block: u64) -> Option<u64> {

@@ -39,6 +39,7 @@ use crate::backend::{ObjectBackend, block_key};
 use crate::core::{Geometry, is_zero};
 use crate::errors::context;
 use crate::meta::Meta;
+use crate::store::blockfile::Flushed;
 use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -780,27 +781,34 @@ impl Inner {
         result
     }
 
-    /// fsyncs the blocks written since the last sync and the journal.
+    /// fsyncs the blocks written since the last sync, and the directories
+    /// when names changed (see `FlushState::sync`).
     fn local_sync(&self) -> io::Result<()> {
-        let blocks: Vec<u64> = std::mem::take(&mut *lock(&self.unsynced)).into_iter().collect();
-        let names = self.flush.take_names_dirty();
-        let failures = crate::store::blockfile::sync_blocks(&blocks, |block| {
-            let path = self.block_path(block);
-            match File::open(&path) {
-                Ok(f) => f.sync_data().map_err(|e| context(path.display(), e)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(context(path.display(), e)),
-            }
-        });
-        let dirs = if names {
-            self.dirty_dir
-                .sync_all()
-                .and_then(|()| self.blocks_dir.sync_all())
-                .map_err(|e| context(self.config.dir.display(), e))
-        } else {
-            Ok(())
-        };
-        self.flush.finish(failures, dirs, &self.config.dir.display())
+        self.flush.sync(&self.config.dir.display(), |names_dirty| {
+            let blocks: Vec<u64> = std::mem::take(&mut *lock(&self.unsynced)).into_iter().collect();
+            let vanished = AtomicBool::new(false);
+            let files = crate::store::blockfile::sync_blocks(&blocks, |block| {
+                let path = self.block_path(block);
+                match File::open(&path) {
+                    Ok(f) => f.sync_data().map_err(|e| context(path.display(), e)),
+                    // Removed meanwhile: the directory flush below makes that durable.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        vanished.store(true, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => Err(context(path.display(), e)),
+                }
+            });
+            let dirs = if names_dirty || vanished.into_inner() {
+                self.dirty_dir
+                    .sync_all()
+                    .and_then(|()| self.blocks_dir.sync_all())
+                    .map_err(|e| context(self.config.dir.display(), e))
+            } else {
+                Ok(())
+            };
+            Flushed { files, dirs }
+        })
     }
 
     fn stats(&self) -> CacheStats {
