@@ -186,7 +186,16 @@ fn power_cut_of_the_store_loses_no_acknowledged_write() {
         drop(dev);
         let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
         std::mem::forget(onefs);
-        acked
+        // Only what was acknowledged before the cut began must survive. The
+        // shutdown ioctl is not quite a power cut: an ext4 fsync already past
+        // its shutdown check when the journal is aborted can still return 0
+        // (jbd2_complete_transaction counts a transaction that is neither
+        // running nor committing as committed, and an aborted one is
+        // neither). onefs's fsync then succeeds and a record written during
+        // the cut is acknowledged though the store never committed it; a real
+        // power cut would have stopped that acknowledgement. Seen in about 1
+        // run in 40 (trace: acknowledged at the moment the ioctl returned).
+        acked[..before].to_vec()
     };
     // Power back on: remount the store's filesystem (journal replay).
     let dev = storefs._dev.0.clone();
