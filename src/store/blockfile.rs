@@ -147,9 +147,11 @@ impl FlushState {
     ///
     /// Syncs run one at a time. Each takes the dirty set, so a sync running
     /// beside another finds the blocks it must make durable already taken and
-    /// would report success while the other is still flushing them: a power
-    /// cut in that window lost an acknowledged write. `what` names the store
-    /// in the poisoned-sync error.
+    /// would report success while the other is still flushing them, and a
+    /// power cut in that window would lose an acknowledged write. The kernel
+    /// sends FSYNCs of disk.img one at a time, but an FSYNCDIR of the mount's
+    /// root runs beside them. `what` names the store in the poisoned-sync
+    /// error.
     pub fn sync(&self, what: &dyn Display, flush: impl FnOnce(bool) -> Flushed) -> io::Result<()> {
         let _turn = lock(&self.turn);
         let names_dirty = self.names_dirty.swap(false, Ordering::AcqRel);
