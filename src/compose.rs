@@ -115,11 +115,11 @@ impl Backing {
 
     /// The block store stack. Call with the store (or cache) lock held; a
     /// remote store is locked here too (one host at a time).
-    pub fn open(self, meta: &Meta, mountpoint: &Path) -> anyhow::Result<Stack> {
+    pub fn open(self, meta: &Meta, mountpoint: &Path, read_only: bool) -> anyhow::Result<Stack> {
         let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{e}"))?;
         match self {
             Backing::Dir { store } => {
-                let dir_store = Arc::new(DirStore::open(&store, geometry)?);
+                let dir_store = Arc::new(DirStore::open(&store, geometry, read_only)?);
                 Ok(Stack { store: dir_store.clone(), dir: Some(dir_store), cache: None, remote_lock: None })
             }
             Backing::Remote { backend, cache } => {

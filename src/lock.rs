@@ -4,10 +4,10 @@
 //! lock is never stale. The file records who holds it, for error messages.
 
 use crate::mountinfo;
-use std::fs::{File, OpenOptions};
+use crate::store::confined::{Access, ConfinedDir};
+use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,13 @@ pub const LOCK_FILE: &str = "onefs.lock";
 pub const RELEASE_WAIT: Duration = Duration::from_secs(15);
 
 pub struct StoreLock {
-    _file: File,
+    /// `None` for a read-only mount of a store that cannot hold a lock file
+    /// (read-only media, where nothing can change the store anyway).
+    _file: Option<File>,
 }
+
+/// The largest lock record onefs reads (its own are under 200 bytes).
+const RECORD_CAP: u64 = 4096;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -81,24 +86,33 @@ fn unit_from_cgroup(text: &str) -> Option<String> {
 
 /// Who holds the lock of `store`, if a live onefs process does.
 pub fn holder(store: &Path) -> Option<Holder> {
-    let text = std::fs::read_to_string(store.join(LOCK_FILE)).ok()?;
-    let holder = Holder::parse(&text);
+    let text = ConfinedDir::open(store).ok()?.read_small(LOCK_FILE, RECORD_CAP).ok()?;
+    let holder = Holder::parse(&String::from_utf8_lossy(&text));
     let pid = holder.pid?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let comm = comm.trim_end();
     (comm == "onefs" || comm.starts_with("mount.")).then_some(holder)
 }
 
-/// Opens (creating if needed) the lock file for reading and writing.
-fn open_lock_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+/// Opens (creating if needed) the lock file for reading and writing; never
+/// through a link, and only a regular file.
+fn open_lock_file(store: &ConfinedDir) -> io::Result<File> {
+    store.open_file(LOCK_FILE, Access::Create(0o600))
+}
+
+/// The lock file opened for reading only, for a read-only mount or fsck:
+/// one that is absent is created if the store allows it, and without one
+/// the store is on read-only media (`Ok(None)`).
+fn open_lock_file_read_only(store: &ConfinedDir) -> io::Result<Option<File>> {
+    match store.open_file(LOCK_FILE, Access::Read) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match open_lock_file(store) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => Ok(None),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 fn try_flock(file: &File) -> io::Result<bool> {
@@ -111,9 +125,9 @@ fn try_flock(file: &File) -> io::Result<bool> {
 }
 
 fn read_holder(file: &mut File) -> Holder {
-    let mut text = String::new();
-    let _ = file.rewind().and_then(|_| file.read_to_string(&mut text));
-    Holder::parse(&text)
+    let mut text = Vec::new();
+    let _ = file.rewind().and_then(|_| file.take(RECORD_CAP).read_to_end(&mut text));
+    Holder::parse(&String::from_utf8_lossy(&text))
 }
 
 impl StoreLock {
@@ -121,10 +135,18 @@ impl StoreLock {
     /// mount is still in place is refused at once; one that is unmounted but
     /// still finishing (flushing, or serving a lazily detached mount) is
     /// waited for, up to [`RELEASE_WAIT`].
-    pub fn acquire(store: &Path, mountpoint: &Path) -> anyhow::Result<Self> {
+    /// A read-only mount writes nothing: it locks an existing lock file
+    /// through a read-only descriptor, records no holder, and on read-only
+    /// media without a lock file goes unlocked.
+    pub fn acquire(store: &Path, mountpoint: &Path, read_only: bool) -> anyhow::Result<Self> {
         let path = store.join(LOCK_FILE);
-        let mut file =
-            open_lock_file(&path).map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
+        let cannot_open = |e: io::Error| anyhow::anyhow!("cannot open the lock file: {e}");
+        let dir = ConfinedDir::open(store).map_err(|e| anyhow::anyhow!("store {e}"))?;
+        let file = if read_only { open_lock_file_read_only(&dir) } else { open_lock_file(&dir).map(Some) };
+        let Some(mut file) = file.map_err(cannot_open)? else {
+            log::info!("{}: read-only store without a lock file: mounted unlocked", store.display());
+            return Ok(Self { _file: None });
+        };
         let started = Instant::now();
         let mut announced = false;
         while !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
@@ -166,13 +188,15 @@ impl StoreLock {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let unit = current_unit().unwrap_or_default();
-        let record = format!("pid={}\nmountpoint={}\nunit={unit}\n", std::process::id(), mountpoint.display());
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(record.as_bytes()))
-            .map_err(|e| anyhow::anyhow!("{}: cannot record lock holder: {e}", path.display()))?;
-        Ok(Self { _file: file })
+        if !read_only {
+            let unit = current_unit().unwrap_or_default();
+            let record = format!("pid={}\nmountpoint={}\nunit={unit}\n", std::process::id(), mountpoint.display());
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(record.as_bytes()))
+                .map_err(|e| anyhow::anyhow!("{}: cannot record lock holder: {e}", path.display()))?;
+        }
+        Ok(Self { _file: Some(file) })
     }
 
     /// Takes the store's lock for `onefs fsck`, without waiting: a store that
@@ -182,15 +206,18 @@ impl StoreLock {
     /// writing (read-only media) is still locked through a read-only open.
     pub fn try_acquire_for_fsck(store: &Path, write: bool) -> anyhow::Result<Self> {
         let path = store.join(LOCK_FILE);
-        let opened = open_lock_file(&path);
-        let (mut file, writable) = match opened {
+        let cannot_open = |e: io::Error| anyhow::anyhow!("cannot open the lock file: {e}");
+        let dir = ConfinedDir::open(store).map_err(|e| anyhow::anyhow!("store {e}"))?;
+        let (mut file, writable) = match open_lock_file(&dir) {
             Ok(file) => (file, true),
-            Err(e) if !write && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
-                let file =
-                    File::open(&path).map_err(|e| anyhow::anyhow!("{}: cannot open lock file: {e}", path.display()))?;
-                (file, false)
+            Err(e) if !write && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+                match open_lock_file_read_only(&dir).map_err(cannot_open)? {
+                    Some(file) => (file, false),
+                    // Read-only media: nothing can mount it for writing either.
+                    None => return Ok(Self { _file: None }),
+                }
             }
-            Err(e) => anyhow::bail!("{}: cannot open lock file: {e}", path.display()),
+            Err(e) => return Err(cannot_open(e)),
         };
         if !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
             let holder = read_holder(&mut file);
@@ -206,7 +233,7 @@ impl StoreLock {
                 .and_then(|()| file.write_all(record.as_bytes()))
                 .map_err(|e| anyhow::anyhow!("{}: cannot record lock holder: {e}", path.display()))?;
         }
-        Ok(Self { _file: file })
+        Ok(Self { _file: Some(file) })
     }
 }
 
@@ -229,11 +256,11 @@ mod tests {
     #[test]
     fn second_lock_on_a_mounted_store_is_refused_quickly_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let first = StoreLock::acquire(dir.path(), Path::new("/")).unwrap();
+        let first = StoreLock::acquire(dir.path(), Path::new("/"), false).unwrap();
         // "/" is a mount point but not of this store: the holder counts as
         // finishing, so the second waits; give it a short leash by dropping.
         let store = dir.path().to_path_buf();
-        let waiter = std::thread::spawn(move || StoreLock::acquire(&store, Path::new("/elsewhere")).map(|_| ()));
+        let waiter = std::thread::spawn(move || StoreLock::acquire(&store, Path::new("/elsewhere"), false).map(|_| ()));
         std::thread::sleep(Duration::from_millis(200));
         drop(first);
         waiter.join().unwrap().unwrap();
@@ -244,18 +271,18 @@ mod tests {
     #[test]
     fn fsck_lock_does_not_wait_and_keeps_mounts_out() {
         let dir = tempfile::tempdir().unwrap();
-        let mount = StoreLock::acquire(dir.path(), Path::new("/mnt/x")).unwrap();
+        let mount = StoreLock::acquire(dir.path(), Path::new("/mnt/x"), false).unwrap();
         let started = Instant::now();
         let err = StoreLock::try_acquire_for_fsck(dir.path(), false).err().unwrap().to_string();
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(err.contains("at /mnt/x") && err.contains(&format!("pid {}", std::process::id())), "{err}");
         drop(mount);
         let fsck = StoreLock::try_acquire_for_fsck(dir.path(), true).unwrap();
-        let err = StoreLock::acquire(dir.path(), Path::new("/mnt/x")).err().unwrap().to_string();
+        let err = StoreLock::acquire(dir.path(), Path::new("/mnt/x"), false).err().unwrap().to_string();
         assert!(err.contains("being checked by onefs fsck pid"), "{err}");
         let err = StoreLock::try_acquire_for_fsck(dir.path(), true).err().unwrap().to_string();
         assert!(err.contains("being checked"), "{err}");
         drop(fsck);
-        StoreLock::acquire(dir.path(), Path::new("/mnt/x")).unwrap();
+        StoreLock::acquire(dir.path(), Path::new("/mnt/x"), false).unwrap();
     }
 }

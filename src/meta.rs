@@ -1,25 +1,33 @@
 //! `onefs.json`: the description of an image, written once by `onefs create`.
 //!
 //! ```json
-//! { "format": "onefs", "version": 1, "id": "…uuid…",
+//! { "format": "onefs", "version": 2, "id": "…uuid…",
 //!   "size": 1099511627776, "block_size": 4194304, "block_count": 262144,
 //!   "block_files": { "prefix": "blk-", "first": 1, "width": 6 },
-//!   "created": "2026-11-27T17:00:00Z", "created_by": "onefs 0.1.0" }
+//!   "created": "2026-11-27T17:00:00Z", "created_by": "onefs 0.1.0",
+//!   "checksum": "crc32c:…" }
 //! ```
 //! Block file `prefix + (i + 1)` (zero-padded to `width`) holds bytes
 //! `[i * block_size, (i + 1) * block_size)` of `disk.img`.
+//!
+//! `checksum` (from version 2) covers every other field: a description
+//! edited by hand into another consistent geometry would silently remap
+//! every stored byte, so it is refused instead. Version 1 descriptions
+//! (written before the checksum existed) are still read.
 
+use crate::core::crc32c::crc32c;
 use crate::core::geometry::BLOCK_PREFIX;
 use crate::core::{Geometry, GeometryError};
+use crate::store::confined::{Access, ConfinedDir};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub const META_FILE: &str = "onefs.json";
 pub const FORMAT: &str = "onefs";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Descriptions are a few hundred bytes; anything far larger is not one.
+const MAX_LEN: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +41,9 @@ pub struct Meta {
     pub block_files: BlockFiles,
     pub created: String,
     pub created_by: String,
+    /// `crc32c:XXXXXXXX` of the description without this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,8 +56,14 @@ pub struct BlockFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    #[error("{path}: {source}")]
+    /// `source` names the file already.
+    #[error("{source}")]
     Io { path: String, source: io::Error },
+    #[error(
+        "{path}: the description was changed after onefs wrote it (its checksum is {stored}, its content {actual}): \
+         size and block size must stay as created, or every stored byte would move; restore the original"
+    )]
+    Tampered { path: String, stored: String, actual: String },
     #[error("{path}: not an onefs image description: {reason}")]
     Invalid { path: String, reason: String },
     #[error("{path}: format version {found} is newer than this onefs supports ({VERSION}); upgrade onefs to mount it")]
@@ -64,7 +81,7 @@ struct Probe {
 
 impl Meta {
     pub fn new(geometry: &Geometry) -> Self {
-        Self {
+        let mut meta = Self {
             format: FORMAT.into(),
             version: VERSION,
             id: uuid::Uuid::new_v4().to_string(),
@@ -74,7 +91,18 @@ impl Meta {
             block_files: BlockFiles { prefix: BLOCK_PREFIX.into(), first: 1, width: geometry.name_width() },
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             created_by: format!("onefs {}", env!("CARGO_PKG_VERSION")),
-        }
+            checksum: None,
+        };
+        meta.checksum = Some(meta.content_checksum());
+        meta
+    }
+
+    /// The checksum of every field but `checksum`, in a fixed rendering.
+    fn content_checksum(&self) -> String {
+        let content = Meta { checksum: None, ..self.clone() };
+        // Serialising plain strings and integers cannot fail.
+        let text = serde_json::to_string(&content).unwrap_or_default();
+        format!("crc32c:{:08x}", crc32c(text.as_bytes()))
     }
 
     pub fn geometry(&self) -> Result<Geometry, GeometryError> {
@@ -115,14 +143,27 @@ impl Meta {
         if uuid::Uuid::parse_str(&meta.id).is_err() {
             return Err(invalid(format!("id {:?} is not a UUID", meta.id)));
         }
+        match &meta.checksum {
+            None if meta.version >= 2 => return Err(invalid("missing \"checksum\"".into())),
+            None => {}
+            Some(stored) => {
+                let actual = meta.content_checksum();
+                if *stored != actual {
+                    return Err(MetaError::Tampered { path: path_s, stored: stored.clone(), actual });
+                }
+            }
+        }
         Ok(meta)
     }
 
-    /// Reads `STORE/onefs.json`.
+    /// Reads `STORE/onefs.json`: a regular file (never through a link,
+    /// never blocking on a FIFO), of a description's size.
     pub fn load(store: &Path) -> Result<Self, MetaError> {
         let path = store.join(META_FILE);
-        let text =
-            fs::read_to_string(&path).map_err(|source| MetaError::Io { path: path.display().to_string(), source })?;
+        let io = |source| MetaError::Io { path: path.display().to_string(), source };
+        let data = ConfinedDir::open(store).and_then(|dir| dir.read_small(META_FILE, MAX_LEN)).map_err(io)?;
+        let text = String::from_utf8(data)
+            .map_err(|_| MetaError::Invalid { path: path.display().to_string(), reason: "not UTF-8 text".into() })?;
         Self::parse(&text, &path)
     }
 
@@ -134,17 +175,18 @@ impl Meta {
     /// Writes `STORE/onefs.json` atomically and durably: a temporary file,
     /// fsync, rename, fsync of the directory. Never replaces an existing one.
     pub fn write_new(&self, store: &Path) -> io::Result<()> {
-        let path = store.join(META_FILE);
-        let tmp = store.join(format!(".{META_FILE}.tmp"));
-        let ctx = |p: &Path, e: io::Error| crate::errors::context(p.display(), e);
-        let mut file =
-            OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp).map_err(|e| ctx(&tmp, e))?;
-        let written = file.write_all(self.to_json().as_bytes()).and_then(|()| file.sync_all());
+        let dir = ConfinedDir::open(store)?;
+        let tmp = format!(".{META_FILE}.tmp");
+        let mut file = dir.open_file(&tmp, Access::CreateNew(0o644))?;
+        let written = file
+            .write_all(self.to_json().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| crate::errors::context(dir.join(&tmp).display(), e));
         drop(file);
-        let linked = written.and_then(|()| fs::hard_link(&tmp, &path));
-        let _ = fs::remove_file(&tmp);
-        linked.map_err(|e| ctx(&path, e))?;
-        File::open(store).and_then(|d| d.sync_all()).map_err(|e| ctx(store, e))
+        let linked = written.and_then(|()| dir.link(&tmp, META_FILE));
+        let _ = dir.remove(&tmp);
+        linked?;
+        dir.sync()
     }
 }
 
@@ -168,10 +210,10 @@ mod tests {
     fn refuses_future_versions_clearly() {
         let text = sample()
             .to_json()
-            .replace("\"version\": 1", "\"version\": 2")
+            .replace("\"version\": 2", "\"version\": 3")
             .replace("\"size\"", "\"new_field\": 1, \"size\"");
         let err = Meta::parse(&text, Path::new("/s/onefs.json")).unwrap_err().to_string();
-        assert!(err.contains("/s/onefs.json") && err.contains("version 2 is newer"), "{err}");
+        assert!(err.contains("/s/onefs.json") && err.contains("version 3 is newer"), "{err}");
     }
 
     #[test]
@@ -190,5 +232,54 @@ mod tests {
             let err = Meta::parse(&text, Path::new("/s/onefs.json")).unwrap_err().to_string();
             assert!(err.starts_with("/s/onefs.json: ") && err.contains(expect), "{err} (expected {expect})");
         }
+    }
+
+    #[test]
+    fn a_consistent_hand_edit_is_refused() {
+        // 1 TiB of 4 MiB blocks edited into 2 TiB of 8 MiB blocks: still
+        // consistent, and every stored byte would move.
+        let edited = sample()
+            .to_json()
+            .replace("\"size\": 1099511627776", "\"size\": 2199023255552")
+            .replace("\"block_size\": 4194304", "\"block_size\": 8388608");
+        let err = Meta::parse(&edited, Path::new("/s/onefs.json")).unwrap_err().to_string();
+        assert!(err.starts_with("/s/onefs.json: the description was changed after onefs wrote it"), "{err}");
+        let no_checksum = sample().to_json().replace(",\n  \"checksum\"", ",\n  \"x\"").replace("\"x\": ", "\"y\": ");
+        assert!(Meta::parse(&no_checksum, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn version_1_descriptions_without_a_checksum_are_still_read() {
+        let v1 = r#"{ "format": "onefs", "version": 1, "id": "3c014f95-6c88-46e8-843f-9537cf0e4605",
+            "size": 1099511627776, "block_size": 4194304, "block_count": 262144,
+            "block_files": { "prefix": "blk-", "first": 1, "width": 6 },
+            "created": "2026-11-27T17:08:00Z", "created_by": "onefs 0.1.0" }"#;
+        let meta = Meta::parse(v1, Path::new("x")).unwrap();
+        assert_eq!((meta.version, meta.checksum), (1, None));
+        let v2_without = v1.replace("\"version\": 1", "\"version\": 2");
+        let err = Meta::parse(&v2_without, Path::new("x")).unwrap_err().to_string();
+        assert!(err.contains("missing \"checksum\""), "{err}");
+    }
+
+    #[test]
+    fn load_reads_only_a_regular_file_of_a_description_s_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        let path = store.join(META_FILE);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Would block forever without O_NONBLOCK.
+        let err = Meta::load(store).unwrap_err().to_string();
+        assert!(err.contains("onefs.json: is a FIFO, not a regular file"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let err = Meta::load(store).unwrap_err().to_string();
+        assert!(err.contains("onefs.json: is a symbolic link"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, vec![b' '; MAX_LEN as usize + 1]).unwrap();
+        let err = Meta::load(store).unwrap_err().to_string();
+        assert!(err.contains("longer than 65536 bytes"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        sample().write_new(store).unwrap();
+        assert_eq!(Meta::load(store).unwrap().id.len(), 36);
     }
 }

@@ -243,13 +243,13 @@ impl Mounted {
         let meta = backing.meta()?;
         let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", backing.describe()))?;
         let mountpoint = prepare_mountpoint(&spec.mountpoint)?;
-        let lock = StoreLock::acquire(&store, &mountpoint)?;
+        let lock = StoreLock::acquire(&store, &mountpoint, spec.options.access.read_only)?;
         raise_fd_limit();
         mark_io_flusher();
 
         let started = Instant::now();
         let described = backing.describe();
-        let stack = backing.open(&meta, &mountpoint)?;
+        let stack = backing.open(&meta, &mountpoint, spec.options.access.read_only)?;
         let image = Arc::new(Image::open(geometry, stack.store.clone())?);
         log::info!(
             "opened {} ({} blocks stored of {}) in {:?}",

@@ -2,6 +2,7 @@
 //! detection. Nothing here does I/O or knows about FUSE.
 
 pub mod blockmap;
+pub mod crc32c;
 pub mod geometry;
 pub mod size;
 pub mod zero;

@@ -3,15 +3,15 @@
 //! stays readable with standard tools.
 
 use super::blockfile::{Cached, Flushed};
+use super::confined::{Access, ConfinedDir, Kind};
 use super::{BlockStore, Zeroed};
 use crate::core::Geometry;
 use crate::sync::lock;
-use nix::fcntl::AtFlags;
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 /// Open descriptors are cached in this many shards of at most this many.
 const FD_SHARDS: usize = 16;
 const FDS_PER_SHARD: usize = 64;
+/// Descriptors the rest of the process may need (FUSE workers, rings, the
+/// lock, logging, a second mount in the same daemon) beside the cache.
+const FDS_RESERVED: u64 = 128;
 
 /// Written at a clean unmount: the store directory's stamp at a moment when
 /// every block file was known to be exactly one block long. A mount that
@@ -35,8 +38,14 @@ pub fn is_temporary(name: &str) -> bool {
 
 pub struct DirStore {
     root: PathBuf,
-    dir: File,
+    /// Every name is opened relative to this descriptor, never following a
+    /// link: renaming the store while mounted changes nothing.
+    dir: ConfinedDir,
     geometry: Geometry,
+    /// A read-only mount opens block files read-only and writes nothing.
+    read_only: bool,
+    /// Descriptors each shard may keep open, from the open-file limit.
+    fds_per_shard: usize,
     /// Descriptor cache and dirty set, sharded by block so that no lock or
     /// counter is shared by all I/O.
     shards: Vec<Shard>,
@@ -153,13 +162,24 @@ impl DirStamp {
     }
 }
 
+/// How many descriptors a shard may cache: all of `FDS_PER_SHARD` where the
+/// open-file limit allows, else a share of it (a shell mount under
+/// `ulimit -n 1024` must not fail writes with EMFILE).
+fn fds_per_shard() -> usize {
+    let soft =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let budget = soft.saturating_sub(FDS_RESERVED) / 2;
+    ((budget / FD_SHARDS as u64) as usize).clamp(1, FDS_PER_SHARD)
+}
+
 impl DirStore {
-    pub fn open(root: &Path, geometry: Geometry) -> io::Result<Self> {
-        let dir = File::open(root).map_err(|e| at(root, e))?;
+    pub fn open(root: &Path, geometry: Geometry, read_only: bool) -> io::Result<Self> {
         Ok(Self {
             root: root.to_path_buf(),
-            dir,
+            dir: ConfinedDir::open(root)?,
             geometry,
+            read_only,
+            fds_per_shard: fds_per_shard(),
             shards: (0..FD_SHARDS).map(|_| Shard::default()).collect(),
             flush: Default::default(),
             nonblocking_reads: AtomicBool::new(true),
@@ -189,44 +209,98 @@ impl DirStore {
             }
         }
         let path = self.block_path(block);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOATIME)
-            .open(&path)
-            .or_else(|e| {
-                // O_NOATIME is refused for files we do not own; retry without.
-                if e.raw_os_error() == Some(libc::EPERM) {
-                    OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(&path)
-                } else {
-                    Err(e)
-                }
-            })
-            .or_else(|e| {
-                // A store that turned read-only still serves reads; writes
-                // through this descriptor then fail with EBADF, as they should.
-                if !create && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) {
-                    File::open(&path)
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|e| at(&path, e))?;
+        let file = match self.open_block(block, create) {
+            Ok(file) => file,
+            // The image asks only for blocks its map holds (or creates): one
+            // that is gone was removed behind onefs's back. Its data is lost,
+            // which must read as an error, never as zeros.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Other,
+                    format!(
+                        "{}: block file is missing, though the store held it (removed behind onefs's back?)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         // The mount skips this check for a store unchanged since its clean
         // unmount; a file resized in place since is caught here.
         self.check_length(&path, file.metadata().map_err(|e| at(&path, e))?.len())?;
         let file = Arc::new(file);
         let mut shard = lock(self.shard(block));
         let now = shard.tick();
-        if shard.files.len() >= FDS_PER_SHARD
+        if shard.files.len() >= self.fds_per_shard
             && let Some(oldest) = shard.files.iter().min_by_key(|(_, cached)| cached.used).map(|(b, _)| *b)
         {
             shard.files.remove(&oldest);
         }
         shard.files.insert(block, CachedFd { file: file.clone(), used: now, misses: 0 });
         Ok(file)
+    }
+
+    /// Opens a block file (never through a link, only a regular file). Out
+    /// of descriptors, it closes cached ones and tries again: a limit onefs
+    /// can work within is never an error.
+    fn open_block(&self, block: u64, create: bool) -> io::Result<File> {
+        let mut attempts = 0;
+        loop {
+            match self.open_block_once(block, create) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && attempts < 3 => {
+                    attempts += 1;
+                    let closed = self.close_idle_descriptors();
+                    log::debug!("{}: out of descriptors; closed {closed} cached ones", self.root.display());
+                    if closed == 0 {
+                        // Held by requests in flight: give them a moment.
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_block_once(&self, block: u64, create: bool) -> io::Result<File> {
+        let name = self.geometry.block_name(block);
+        if self.read_only {
+            return self.dir.open_file_with(&name, Access::Read, libc::O_NOATIME).or_else(|e| {
+                // O_NOATIME is refused for files we do not own.
+                if e.raw_os_error() == Some(libc::EPERM) { self.dir.open_file(&name, Access::Read) } else { Err(e) }
+            });
+        }
+        let access = if create { Access::Create(0o600) } else { Access::ReadWrite };
+        self.dir
+            .open_file_with(&name, access, libc::O_NOATIME)
+            .or_else(|e| if e.raw_os_error() == Some(libc::EPERM) { self.dir.open_file(&name, access) } else { Err(e) })
+            .or_else(|e| {
+                // A store that turned read-only (or an immutable block file)
+                // still serves reads; writes through this descriptor then
+                // fail with EBADF, as they should.
+                if !create && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) {
+                    self.dir.open_file(&name, Access::Read)
+                } else {
+                    Err(e)
+                }
+            })
+    }
+
+    /// Closes the older half of every shard's cached descriptors; returns
+    /// how many it dropped (a descriptor still in use closes when its
+    /// request ends).
+    fn close_idle_descriptors(&self) -> usize {
+        let mut closed = 0;
+        for shard in &self.shards {
+            let mut shard = lock(&shard.0);
+            let mut by_age: Vec<(u64, u64)> = shard.files.iter().map(|(&b, c)| (c.used, b)).collect();
+            by_age.sort_unstable();
+            let drop = by_age.len().div_ceil(2);
+            for &(_, block) in &by_age[..drop] {
+                shard.files.remove(&block);
+            }
+            closed += drop;
+        }
+        closed
     }
 
     /// Counts a page-cache miss in `block`; true when it is time to read the
@@ -286,7 +360,7 @@ impl DirStore {
         let mut short = 0u64;
         for (&block, len) in blocks.iter().zip(lengths) {
             let path = self.block_path(block);
-            let len = len.map_err(|e| at(&path, e))?;
+            let len = len?;
             self.check_length(&path, len)?;
             if len < self.geometry.block_size() {
                 short += 1;
@@ -312,9 +386,11 @@ impl DirStore {
     /// A block file's length, looked up by name in the open store directory
     /// (no walk of the store's path for each of 100 000 files).
     fn stored_len(&self, block: u64) -> io::Result<u64> {
-        let stat =
-            nix::sys::stat::fstatat(&self.dir, self.geometry.block_name(block).as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        Ok(stat.st_size as u64)
+        let name = self.geometry.block_name(block);
+        match self.dir.stat(&name)? {
+            Some(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(stat.st_size as u64),
+            Some(_) | None => self.dir.open_file(&name, Access::Read).and_then(|f| f.metadata()).map(|m| m.len()),
+        }
     }
 
     fn check_length(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -334,8 +410,8 @@ impl DirStore {
     /// The directory stamp and block count recorded by the last clean
     /// unmount, if any (and readable).
     fn read_clean_mark(&self) -> Option<(DirStamp, u64)> {
-        let text = fs::read_to_string(self.root.join(CLEAN_MARK)).ok()?;
-        DirStamp::parse(&text)
+        let text = self.dir.read_small(CLEAN_MARK, 4096).ok()?;
+        DirStamp::parse(std::str::from_utf8(&text).ok()?)
     }
 
     /// Records that the store is consistent as it stands: call after a
@@ -345,23 +421,20 @@ impl DirStore {
         let path = self.root.join(CLEAN_MARK);
         // Created once and rewritten in place afterwards, so writing it does
         // not change the directory it describes.
-        let created = !path.exists();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| at(&path, e))?;
+        let created = self.dir.kind(CLEAN_MARK)?.is_none();
+        let mut file = self.dir.open_file(CLEAN_MARK, Access::Create(0o644))?;
         if created {
-            self.dir.sync_all().map_err(|e| at(&self.root, e))?;
+            self.dir.sync()?;
         }
-        let blocks = fs::read_dir(&self.root)
-            .map_err(|e| at(&self.root, e))?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_str().is_some_and(|n| self.geometry.parse_block_name(n).is_some()))
+        let blocks = self
+            .dir
+            .entries()?
+            .iter()
+            .filter(|(name, kind)| {
+                *kind == Kind::File && name.to_str().is_some_and(|n| self.geometry.parse_block_name(n).is_some())
+            })
             .count() as u64;
-        let stamp = DirStamp::of(&self.dir).map_err(|e| at(&self.root, e))?;
+        let stamp = DirStamp::of(self.dir.as_file()).map_err(|e| at(&self.root, e))?;
         use std::io::Write;
         file.set_len(0).map_err(|e| at(&path, e))?;
         file.write_all(stamp.render(blocks).as_bytes()).map_err(|e| at(&path, e))?;
@@ -388,7 +461,7 @@ impl DirStore {
             // writers holding the unlinked file.
             let file = match self.cached_file(block) {
                 Some(file) => Ok(file),
-                None => File::open(self.block_path(block)).map_err(|e| at(&self.block_path(block), e)).map(Arc::new),
+                None => self.dir.open_file(&self.geometry.block_name(block), Access::Read).map(Arc::new),
             };
             match file {
                 Ok(file) => file.sync_data().map_err(|e| at(&self.block_path(block), e)),
@@ -412,28 +485,39 @@ impl BlockStore for DirStore {
     /// taking the store under its lock, so nothing else is writing), once
     /// the store is known to be mountable: a refused mount changes nothing.
     fn list(&self) -> io::Result<Vec<u64>> {
-        let before = DirStamp::of(&self.dir).map_err(|e| at(&self.root, e))?;
+        let before = DirStamp::of(self.dir.as_file()).map_err(|e| at(&self.root, e))?;
         let mut blocks = Vec::new();
         let mut temporaries = Vec::new();
-        for entry in fs::read_dir(&self.root).map_err(|e| at(&self.root, e))? {
-            let entry = entry.map_err(|e| at(&self.root, e))?;
-            let name = entry.file_name();
+        for (name, kind) in self.dir.entries()? {
             let Some(name) = name.to_str() else { continue };
             if is_temporary(name) {
-                temporaries.push(entry.path());
+                temporaries.push((name.to_string(), kind));
                 continue;
             }
             if !name.starts_with(crate::core::geometry::BLOCK_PREFIX) {
                 continue;
             }
+            let path = self.root.join(name);
             match self.geometry.parse_block_name(name) {
+                // Never followed or opened: a link to a file elsewhere would
+                // serve it as disk content and let writes change it.
+                Some(_) if kind != Kind::File => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: block name but {}, not a regular file; onefs never follows or opens it (check the store with onefs fsck)",
+                            path.display(),
+                            kind.describe()
+                        ),
+                    ));
+                }
                 Some(block) => blocks.push(block),
                 None => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
                             "{}: not a block of this image (names run {} to {})",
-                            self.root.join(name).display(),
+                            path.display(),
                             self.geometry.block_name(0),
                             self.geometry.block_name(self.geometry.block_count() - 1)
                         ),
@@ -447,25 +531,40 @@ impl BlockStore for DirStore {
         } else {
             self.check_block_lengths(&blocks)?;
         }
-        for path in &temporaries {
-            fs::remove_file(path).map_err(|e| at(path, e))?;
-            log::warn!("{}: removed a temporary file left by a crash", path.display());
+        if self.read_only {
+            if !temporaries.is_empty() {
+                log::info!(
+                    "{}: {} temporary files left by a crash (kept: the mount is read-only)",
+                    self.root.display(),
+                    temporaries.len()
+                );
+            }
+            return Ok(blocks);
         }
-        if !temporaries.is_empty() {
-            self.dir.sync_all().map_err(|e| at(&self.root, e))?;
+        let mut removed = false;
+        for (name, kind) in &temporaries {
+            // Unlinking removes a link itself, never its target; a directory
+            // or special file under a temporary name is left for fsck.
+            if !matches!(kind, Kind::File | Kind::Symlink) {
+                log::warn!(
+                    "{}: {} under a temporary name, left alone",
+                    self.root.join(name).display(),
+                    kind.describe()
+                );
+                continue;
+            }
+            self.dir.remove(name)?;
+            removed = true;
+            log::warn!("{}: removed a temporary file left by a crash", self.root.join(name).display());
+        }
+        if removed {
+            self.dir.sync()?;
         }
         Ok(blocks)
     }
 
     fn read_at(&self, block: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let file = match self.file(block, false) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                buf.fill(0);
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
+        let file = self.file(block, false)?;
         // Served from the page cache without blocking when it holds the
         // range; only a miss is counted and waits for the disk.
         let mut cached = 0;
@@ -516,11 +615,7 @@ impl BlockStore for DirStore {
     }
 
     fn zero_range(&self, block: u64, offset: u64, len: u64) -> io::Result<Zeroed> {
-        let file = match self.file(block, false) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Zeroed::AllZero),
-            Err(e) => return Err(e),
-        };
+        let file = self.file(block, false)?;
         let punch = nix::fcntl::fallocate(
             &*file,
             nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
@@ -540,12 +635,7 @@ impl BlockStore for DirStore {
 
     fn delete(&self, block: u64) -> io::Result<()> {
         self.forget_fd(block);
-        let path = self.block_path(block);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(at(&path, e)),
-        }
+        self.dir.remove(&self.geometry.block_name(block))?;
         lock(self.shard(block)).dirty.remove(&block);
         self.flush.names_dirty.store(true, Ordering::Release);
         Ok(())
@@ -556,15 +646,14 @@ impl BlockStore for DirStore {
             let blocks: Vec<u64> =
                 self.shards.iter().flat_map(|shard| std::mem::take(&mut lock(&shard.0).dirty)).collect();
             let (files, vanished) = self.fsync_blocks(&blocks);
-            let dirs =
-                if names_dirty || vanished { self.dir.sync_all().map_err(|e| at(&self.root, e)) } else { Ok(()) };
+            let dirs = if names_dirty || vanished { self.dir.sync() } else { Ok(()) };
             Flushed { files, dirs }
         })
     }
 
     fn stored_bytes(&self, block: u64) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        fs::metadata(self.block_path(block)).ok().map(|m| m.blocks() * 512)
+        let stat = self.dir.stat(&self.geometry.block_name(block)).ok()??;
+        (stat.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(stat.st_blocks as u64 * 512)
     }
 }
 
@@ -572,11 +661,12 @@ impl BlockStore for DirStore {
 mod tests {
     use super::*;
     use crate::store::blockfile::tests::{cached_pages, evict, unwritten_pages};
+    use std::fs::{self, OpenOptions};
 
     const BS: u64 = 64 << 10;
 
     fn store(dir: &Path) -> DirStore {
-        DirStore::open(dir, Geometry::new(64 * BS, BS).unwrap()).unwrap()
+        DirStore::open(dir, Geometry::new(64 * BS, BS).unwrap(), false).unwrap()
     }
 
     fn grow_in_place(path: &Path) {
@@ -587,7 +677,7 @@ mod tests {
     fn a_write_larger_than_a_piece_lands_whole_and_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let block_size = 1 << 20;
-        let s = DirStore::open(dir.path(), Geometry::new(4 * block_size, block_size).unwrap()).unwrap();
+        let s = DirStore::open(dir.path(), Geometry::new(4 * block_size, block_size).unwrap(), false).unwrap();
         let data: Vec<u8> = (0..5 * WRITE_PIECE + 123).map(|i| (i % 251) as u8 + 1).collect();
         s.write_at(1, 5000, &data, true).unwrap();
         let raw = fs::read(s.block_path(1)).unwrap();
@@ -673,7 +763,7 @@ mod tests {
         s.mark_clean().unwrap();
         let text = fs::read_to_string(dir.path().join(CLEAN_MARK)).unwrap();
         let (stamp, blocks) = DirStamp::parse(&text).unwrap();
-        assert_eq!((stamp, blocks), (DirStamp::of(&s.dir).unwrap(), 1));
+        assert_eq!((stamp, blocks), (DirStamp::of(s.dir.as_file()).unwrap(), 1));
         for bad in ["", "onefs clean unmount v1 ino=1", "onefs clean unmount v2 ino=1 mtime=1.0 ctime=1.0 blocks=1"] {
             assert_eq!(DirStamp::parse(bad), None, "{bad:?}");
         }
@@ -712,7 +802,7 @@ mod tests {
     fn a_block_that_keeps_missing_the_page_cache_is_read_ahead_whole() {
         const BIG: u64 = 4 << 20;
         let dir = tempfile::tempdir().unwrap();
-        let s = DirStore::open(dir.path(), Geometry::new(4 * BIG, BIG).unwrap()).unwrap();
+        let s = DirStore::open(dir.path(), Geometry::new(4 * BIG, BIG).unwrap(), false).unwrap();
         s.write_at(1, 0, &vec![9u8; BIG as usize], true).unwrap();
         let file = s.file(1, false).unwrap();
         let all_cached = |file: &File| cached_pages(file, BIG as usize) == (BIG / 4096) as usize;

@@ -9,6 +9,7 @@
 
 pub mod blockfile;
 pub mod cache;
+pub mod confined;
 pub mod dir;
 pub mod fault;
 pub mod memory;
