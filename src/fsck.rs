@@ -13,7 +13,7 @@ use crate::core::Geometry;
 use crate::core::size::{Approx, Size};
 use crate::lock::{LOCK_FILE, StoreLock};
 use crate::meta::{META_FILE, Meta};
-use std::fs::{self, File};
+use crate::store::confined::{Access, ConfinedDir, Kind};
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,9 @@ const PROGRESS_MIN_FILES: usize = 2000;
 pub enum Problem {
     /// A file that is not part of a store (never removed).
     Stray,
+    /// A store name (block, description, lock, mark) that is a link,
+    /// directory, FIFO, socket or device: never followed or opened.
+    Hostile,
     /// A `.NAME.tmp` left by an interrupted write (removed by repair).
     Temporary,
     /// A block file shorter than a block (extended by repair).
@@ -143,12 +146,11 @@ pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
     let meta = Meta::load(store)?;
     let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.join(META_FILE).display()))?;
     let _lock = StoreLock::try_acquire_for_fsck(store, options.repair)?;
-    let read_dir = fs::read_dir(store).map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
+    let dir = ConfinedDir::open(store)?;
     let mut blocks = Vec::new();
     let mut findings = Vec::new();
-    for entry in read_dir {
-        let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;
-        match classify(&geometry, &entry, options.repair) {
+    for (name, kind) in dir.entries()? {
+        match classify(&geometry, &dir, &name, kind, options.repair) {
             Entry::Expected => {}
             Entry::Block(block, path) => blocks.push((block, path)),
             Entry::Finding(f) => findings.push(f),
@@ -166,7 +168,7 @@ pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some((_, path)) = blocks.get(i) else { break };
-            let outcome = check_block(&geometry, path, options.repair, &mut buf);
+            let outcome = check_block(&geometry, &dir, path, options.repair, &mut buf);
             if let Some(bytes) = outcome.stored {
                 kept.fetch_add(1, Ordering::Relaxed);
                 stored.fetch_add(bytes, Ordering::Relaxed);
@@ -191,34 +193,41 @@ pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
     findings.extend(block_findings.into_inner().unwrap_or_else(|p| p.into_inner()));
     findings.sort_by(|a, b| a.path.cmp(&b.path));
     if options.repair && findings.iter().any(|f| f.repaired()) {
-        File::open(store)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| anyhow::anyhow!("{}: cannot flush repairs: {e}", store.display()))?;
+        dir.sync().map_err(|e| anyhow::anyhow!("cannot flush repairs: {e}"))?;
     }
     Ok(Report { blocks: kept.into_inner(), bytes_stored: stored.into_inner(), findings })
 }
 
-fn classify(geometry: &Geometry, entry: &fs::DirEntry, repair: bool) -> Entry {
-    let path = entry.path();
-    let name = entry.file_name();
-    let file_type = entry.file_type().ok();
-    let is_file = file_type.is_some_and(|t| t.is_file());
+fn classify(geometry: &Geometry, dir: &ConfinedDir, name: &std::ffi::OsStr, kind: Kind, repair: bool) -> Entry {
+    let path = dir.path().join(name);
     let finding =
         |problem, detail: String, repair| Entry::Finding(Finding { path: path.clone(), problem, detail, repair });
     let Some(name) = name.to_str() else {
         return finding(Problem::Stray, "stray file (name is not UTF-8; left alone)".into(), None);
     };
+    let is_file = kind == Kind::File;
+    // Removing a name never touches what a link points to.
+    let remove = |name: &str| match dir.remove(name) {
+        Ok(_) => Ok("removed".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     if name == META_FILE || name == LOCK_FILE || name == crate::store::dir::CLEAN_MARK {
         if is_file {
             return Entry::Expected;
         }
-        return finding(Problem::Stray, format!("{name} is not a regular file"), None);
+        // The clean mark is onefs's own note and safe to drop.
+        let repair = (repair && name == crate::store::dir::CLEAN_MARK && kind != Kind::Directory).then(|| remove(name));
+        return finding(Problem::Hostile, format!("{} (never followed or opened)", kind.describe()), repair);
     }
     if let Some(block) = geometry.parse_block_name(name) {
         if is_file {
             return Entry::Block(block, path);
         }
-        return finding(Problem::Stray, "block name but not a regular file (left alone)".into(), None);
+        return finding(
+            Problem::Hostile,
+            format!("block name but {}, not a regular file (never followed or opened; left alone)", kind.describe()),
+            None,
+        );
     }
     if name.starts_with(crate::core::geometry::BLOCK_PREFIX) {
         return finding(
@@ -231,14 +240,10 @@ fn classify(geometry: &Geometry, entry: &fs::DirEntry, repair: bool) -> Entry {
             None,
         );
     }
-    if crate::store::dir::is_temporary(name) && is_file {
-        let repair = repair.then(|| match fs::remove_file(&path) {
-            Ok(()) => Ok("removed".to_string()),
-            Err(e) => Err(e.to_string()),
-        });
-        return finding(Problem::Temporary, "leftover temporary file".into(), repair);
+    if crate::store::dir::is_temporary(name) && matches!(kind, Kind::File | Kind::Symlink) {
+        return finding(Problem::Temporary, "leftover temporary file".into(), repair.then(|| remove(name)));
     }
-    finding(Problem::Stray, "stray file, not part of a store (left alone)".into(), None)
+    finding(Problem::Stray, format!("stray entry ({}), not part of a store (left alone)", kind.describe()), None)
 }
 
 struct BlockOutcome {
@@ -247,7 +252,8 @@ struct BlockOutcome {
     findings: Vec<Finding>,
 }
 
-fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -> BlockOutcome {
+fn check_block(geometry: &Geometry, dir: &ConfinedDir, path: &Path, repair: bool, buf: &mut [u8]) -> BlockOutcome {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let unreadable = |e: io::Error| BlockOutcome {
         stored: None,
         findings: vec![Finding {
@@ -257,7 +263,7 @@ fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -
             repair: None,
         }],
     };
-    let file = match fs::OpenOptions::new().read(true).write(repair).open(path) {
+    let file = match dir.open_file(name, if repair { Access::ReadWrite } else { Access::Read }) {
         Ok(file) => file,
         Err(e) => return unreadable(e),
     };
@@ -285,8 +291,8 @@ fn check_block(geometry: &Geometry, path: &Path, repair: bool, buf: &mut [u8]) -
         Err(e) => return unreadable(e),
     };
     if zero {
-        let repair = repair.then(|| match fs::remove_file(path) {
-            Ok(()) => Ok("removed".to_string()),
+        let repair = repair.then(|| match dir.remove(name) {
+            Ok(_) => Ok("removed".to_string()),
             Err(e) => Err(e.to_string()),
         });
         let removed = matches!(repair, Some(Ok(_)));

@@ -265,6 +265,13 @@ impl ConfinedDir {
             .map_err(|e| crate::errors::context(self.join(to).display(), e.into()))
     }
 
+    /// Moves `from` of this directory to `to` of `other` (same filesystem),
+    /// replacing `to`.
+    pub fn rename_into(&self, from: &str, other: &ConfinedDir, to: &str) -> io::Result<()> {
+        nix::fcntl::renameat(self.fd(), from, other.fd(), to)
+            .map_err(|e| crate::errors::context(other.join(to).display(), e.into()))
+    }
+
     /// Makes the directory's entries durable.
     pub fn sync(&self) -> io::Result<()> {
         self.dir.sync_all().map_err(|e| crate::errors::context(self.path.display(), e))

@@ -40,13 +40,14 @@ use crate::core::{Geometry, is_zero};
 use crate::errors::context;
 use crate::meta::Meta;
 use crate::store::blockfile::Flushed;
+use crate::store::confined::{Access, ConfinedDir, Kind};
 use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -154,15 +155,15 @@ impl CacheStats {
 
 /// Reads the live statistics of a cache directory, if its daemon is running.
 pub fn read_stats(dir: &Path) -> Option<CacheStats> {
-    let text = fs::read_to_string(dir.join(STATUS_FILE)).ok()?;
-    let stats: CacheStats = serde_json::from_str(&text).ok()?;
+    let text = ConfinedDir::open(dir).ok()?.read_small(STATUS_FILE, 1 << 20).ok()?;
+    let stats: CacheStats = serde_json::from_slice(&text).ok()?;
     Path::new(&format!("/proc/{}", stats.pid)).exists().then_some(stats)
 }
 
 /// The image description kept in a cache directory (for `onefs status`).
 pub fn cached_meta(dir: &Path) -> Option<Meta> {
-    let text = fs::read_to_string(dir.join(CACHE_INFO)).ok()?;
-    serde_json::from_str::<CacheInfo>(&text).ok().map(|i| i.meta)
+    let text = ConfinedDir::open(dir).ok()?.read_small(CACHE_INFO, 1 << 20).ok()?;
+    serde_json::from_slice::<CacheInfo>(&text).ok().map(|i| i.meta)
 }
 
 #[derive(Default)]
@@ -267,11 +268,12 @@ struct Inner {
     backend: Arc<dyn ObjectBackend>,
     geometry: Geometry,
     config: CacheConfig,
-    blocks: PathBuf,
-    dirty: PathBuf,
-    tmp: PathBuf,
-    blocks_dir: File,
-    dirty_dir: File,
+    /// The cache directory and its parts, every name opened relative to
+    /// them and never through a link (see `ConfinedDir`).
+    root: ConfinedDir,
+    blocks: ConfinedDir,
+    dirty: ConfinedDir,
+    tmp: ConfinedDir,
     max_blocks: u64,
     state: Mutex<State>,
     changed: Condvar,
@@ -303,22 +305,30 @@ fn mkdir(path: &Path) -> io::Result<()> {
     }
 }
 
-fn sync_path(path: &Path) -> io::Result<()> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(|e| context(path.display(), e))
+/// Writes the small file `name` of `dir` atomically; durably with `durable`.
+fn write_atomic(dir: &ConfinedDir, name: &str, data: &[u8], durable: bool) -> io::Result<()> {
+    let tmp = format!(".{name}.tmp");
+    let result = dir.open_file(&tmp, Access::Create(0o600)).and_then(|mut f| {
+        f.set_len(0)
+            .and_then(|()| f.write_all(data))
+            .and_then(|()| if durable { f.sync_all() } else { Ok(()) })
+            .map_err(|e| context(dir.join(&tmp).display(), e))
+    });
+    let result = result.and_then(|()| dir.rename(&tmp, name));
+    if result.is_err() {
+        let _ = dir.remove(&tmp);
+    }
+    result?;
+    if durable { dir.sync() } else { Ok(()) }
 }
 
-/// Writes a small file atomically and durably.
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let result = File::create(&tmp)
-        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// Reads the small file `name` of `dir`; `None` if it is absent.
+fn read_optional(dir: &ConfinedDir, name: &str) -> io::Result<Option<Vec<u8>>> {
+    match dir.read_small(name, 1 << 20) {
+        Ok(data) => Ok(Some(data)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
-    result.map_err(|e| context(path.display(), e))?;
-    sync_path(dir)
 }
 
 /// True if the file holds no non-zero byte (looking at data extents only).
@@ -360,12 +370,18 @@ impl Inner {
         crate::sync::wait(&self.changed, s, timeout)
     }
 
-    fn block_path(&self, block: u64) -> PathBuf {
-        self.blocks.join(self.geometry.block_name(block))
+    fn name(&self, block: u64) -> String {
+        self.geometry.block_name(block)
     }
 
-    fn marker_path(&self, block: u64) -> PathBuf {
-        self.dirty.join(self.geometry.block_name(block))
+    /// For messages.
+    fn block_path(&self, block: u64) -> PathBuf {
+        self.blocks.join(&self.name(block))
+    }
+
+    /// The cached block's file, opened as `access` allows.
+    fn block_file(&self, block: u64, access: Access) -> io::Result<File> {
+        self.blocks.open_file(&self.name(block), access)
     }
 
     fn key(&self, block: u64) -> String {
@@ -430,11 +446,8 @@ impl Inner {
                 s.lru.remove(&tick);
                 s.entries.remove(&block);
                 s.cached -= 1;
-                let path = self.block_path(block);
-                if let Err(e) = fs::remove_file(&path)
-                    && e.kind() != io::ErrorKind::NotFound
-                {
-                    log::warn!("{}: cannot evict: {e}", path.display());
+                if let Err(e) = self.blocks.remove(&self.name(block)) {
+                    log::warn!("cannot evict: {e}");
                 }
                 self.counters.evictions.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -486,19 +499,19 @@ impl Inner {
     /// Writes fetched bytes to `blocks/blk-N` (sparse: zero runs stay holes).
     fn install(&self, block: u64, data: &[u8]) -> io::Result<()> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("fetch-{block}-{n}"));
+        let tmp = format!("fetch-{block}-{n}");
         let result = (|| {
-            let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let file = self.tmp.open_file(&tmp, Access::CreateNew(0o600))?;
             file.set_len(self.bs())?;
             for (i, chunk) in data.chunks(64 << 10).enumerate() {
                 if !is_zero(chunk) {
                     file.write_all_at(chunk, (i * (64 << 10)) as u64)?;
                 }
             }
-            fs::rename(&tmp, self.block_path(block))
+            self.tmp.rename_into(&tmp, &self.blocks, &self.name(block))
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.tmp.remove(&tmp);
         }
         result.map_err(|e| context(self.block_path(block).display(), e))
     }
@@ -548,13 +561,12 @@ impl Inner {
         let Some(e) = s.entries.get_mut(&block) else { return Ok(()) };
         let mut result = Ok(());
         if !e.marked {
-            let path = self.marker_path(block);
-            match OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path) {
+            match self.dirty.open_file(&self.geometry.block_name(block), Access::Create(0o600)) {
                 Ok(_) => {
                     e.marked = true;
                     self.flush.names_dirty.store(true, Ordering::Release);
                 }
-                Err(err) => result = Err(context(path.display(), err)),
+                Err(err) => result = Err(err),
             }
         }
         e.generation = seq;
@@ -591,12 +603,12 @@ impl Inner {
 
     /// Copies a block to a snapshot file with its trailer and uploads it.
     fn upload(&self, block: u64) -> io::Result<u64> {
-        let path = self.block_path(block);
-        let src = File::open(&path).map_err(|e| context(path.display(), e))?;
+        let src = self.block_file(block, Access::Read)?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("upload-{block}-{n}"));
+        let tmp_name = format!("upload-{block}-{n}");
+        let tmp = self.tmp.join(&tmp_name);
         let result = (|| {
-            let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut out = self.tmp.open_file(&tmp_name, Access::CreateNew(0o600))?;
             let mut crc = crc::Crc32c::new();
             let mut buf = vec![0u8; COPY_CHUNK.min(self.bs() as usize)];
             let mut pos = 0u64;
@@ -611,7 +623,7 @@ impl Inner {
             drop(out);
             self.backend.put_file(&self.key(block), &tmp)
         })();
-        let _ = fs::remove_file(&tmp);
+        let _ = self.tmp.remove(&tmp_name);
         result.map(|()| self.bs())
     }
 
@@ -674,11 +686,8 @@ impl Inner {
                             e.dirty = false;
                             e.synced_gen = generation;
                             if e.marked {
-                                let marker = self.marker_path(block);
-                                if let Err(err) = fs::remove_file(&marker)
-                                    && err.kind() != io::ErrorKind::NotFound
-                                {
-                                    log::warn!("{}: {err}", marker.display());
+                                if let Err(err) = self.dirty.remove(&self.geometry.block_name(block)) {
+                                    log::warn!("{err}");
                                 }
                                 e.marked = false;
                             }
@@ -719,7 +728,7 @@ impl Inner {
                 // The journal entry's removal must be durable before the
                 // block may be evicted: a journal entry that came back after
                 // a crash, with its file gone, would mean "delete".
-                let synced = self.dirty_dir.sync_all();
+                let synced = self.dirty.sync();
                 let mut s = self.state();
                 if let Some(e) = s.entries.get(&block)
                     && synced.is_ok()
@@ -788,22 +797,18 @@ impl Inner {
             let blocks: Vec<u64> = std::mem::take(&mut *lock(&self.unsynced)).into_iter().collect();
             let vanished = AtomicBool::new(false);
             let files = crate::store::blockfile::sync_blocks(&blocks, |block| {
-                let path = self.block_path(block);
-                match File::open(&path) {
-                    Ok(f) => f.sync_data().map_err(|e| context(path.display(), e)),
+                match self.block_file(block, Access::Read) {
+                    Ok(f) => f.sync_data().map_err(|e| context(self.block_path(block).display(), e)),
                     // Removed meanwhile: the directory flush below makes that durable.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         vanished.store(true, Ordering::Relaxed);
                         Ok(())
                     }
-                    Err(e) => Err(context(path.display(), e)),
+                    Err(e) => Err(e),
                 }
             });
             let dirs = if names_dirty || vanished.into_inner() {
-                self.dirty_dir
-                    .sync_all()
-                    .and_then(|()| self.blocks_dir.sync_all())
-                    .map_err(|e| context(self.config.dir.display(), e))
+                self.dirty.sync().and_then(|()| self.blocks.sync())
             } else {
                 Ok(())
             };
@@ -836,15 +841,13 @@ impl Inner {
     }
 
     fn stats_writer(self: &Arc<Self>) {
-        let path = self.config.dir.join(STATUS_FILE);
-        let tmp = self.config.dir.join(format!(".{STATUS_FILE}.tmp"));
         let mut last = None;
         loop {
             let stats = self.stats();
             if last.as_ref() != Some(&stats) {
                 let text = serde_json::to_string(&stats).unwrap_or_default();
-                if fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path)).is_err() {
-                    log::debug!("{}: cannot write live statistics", path.display());
+                if let Err(err) = write_atomic(&self.root, STATUS_FILE, text.as_bytes(), false) {
+                    log::debug!("cannot write live statistics: {err}");
                 }
                 last = Some(stats);
             }
@@ -874,39 +877,42 @@ impl CacheStore {
         }
         let dir = &config.dir;
         mkdir(dir)?;
-        let (blocks, dirty, tmp) = (dir.join("blocks"), dir.join("dirty"), dir.join("tmp"));
-        for d in [&blocks, &dirty, &tmp] {
-            mkdir(d)?;
+        let root = ConfinedDir::open(dir)?;
+        let blocks = root.create_subdir("blocks", 0o700)?;
+        let dirty = root.create_subdir("dirty", 0o700)?;
+        let tmp = root.create_subdir("tmp", 0o700)?;
+        for (name, _) in tmp.entries()? {
+            if let Some(name) = name.to_str() {
+                let _ = tmp.remove(name);
+            }
         }
-        for entry in fs::read_dir(&tmp).map_err(|e| context(tmp.display(), e))? {
-            let entry = entry.map_err(|e| context(tmp.display(), e))?;
-            let _ = fs::remove_file(entry.path());
-        }
-        let block_of = |name: &std::ffi::OsStr, dir: &Path| -> io::Result<u64> {
-            name.to_str().and_then(|n| geometry.parse_block_name(n)).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: not a block of this image", dir.join(name).display()),
-                )
-            })
+        // The cache's own names: a link, FIFO or device in their place was
+        // put there by someone else and is never followed or opened.
+        let block_of = |name: &std::ffi::OsStr, kind: Kind, dir: &ConfinedDir| -> io::Result<u64> {
+            let path = dir.path().join(name);
+            let block = name.to_str().and_then(|n| geometry.parse_block_name(n)).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a block of this image", path.display()))
+            })?;
+            if kind != Kind::File {
+                return Err(crate::store::confined::not_a_file(&path, kind));
+            }
+            Ok(block)
         };
         let mut marked = HashSet::new();
-        for entry in fs::read_dir(&dirty).map_err(|e| context(dirty.display(), e))? {
-            let entry = entry.map_err(|e| context(dirty.display(), e))?;
-            marked.insert(block_of(&entry.file_name(), &dirty)?);
+        for (name, kind) in dirty.entries()? {
+            marked.insert(block_of(&name, kind, &dirty)?);
         }
-        let clean_shutdown = dir.join(CLEAN_SHUTDOWN);
-        let was_clean = clean_shutdown.exists();
-        if was_clean {
-            fs::remove_file(&clean_shutdown).map_err(|e| context(clean_shutdown.display(), e))?;
-            sync_path(dir)?;
-        }
-        let info_path = dir.join(CACHE_INFO);
-        let info: Option<CacheInfo> = match fs::read_to_string(&info_path) {
-            Ok(text) => serde_json::from_str(&text).ok(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(context(info_path.display(), e)),
+        let was_clean = match root.kind(CLEAN_SHUTDOWN)? {
+            Some(Kind::File) => true,
+            Some(kind) => return Err(crate::store::confined::not_a_file(&root.join(CLEAN_SHUTDOWN), kind)),
+            None => false,
         };
+        if was_clean {
+            root.remove(CLEAN_SHUTDOWN)?;
+            root.sync()?;
+        }
+        let info: Option<CacheInfo> =
+            read_optional(&root, CACHE_INFO)?.and_then(|text| serde_json::from_slice(&text).ok());
         let same_image = info.as_ref().is_some_and(|i| i.meta.id == meta.id);
         if !same_image && !marked.is_empty() {
             return Err(io::Error::new(
@@ -924,8 +930,7 @@ impl CacheStore {
         let inner = Inner {
             geometry,
             max_blocks: config.size / bs,
-            blocks_dir: File::open(&blocks).map_err(|e| context(blocks.display(), e))?,
-            dirty_dir: File::open(&dirty).map_err(|e| context(dirty.display(), e))?,
+            root,
             blocks,
             dirty,
             tmp,
@@ -958,26 +963,34 @@ impl CacheStore {
             );
         }
         let mut files = vec![];
-        for entry in fs::read_dir(&inner.blocks).map_err(|e| context(inner.blocks.display(), e))? {
-            let entry = entry.map_err(|e| context(inner.blocks.display(), e))?;
-            let path = entry.path();
-            let Ok(block) = block_of(&entry.file_name(), &inner.blocks) else {
-                log::warn!("{}: not a cached block; removing it", path.display());
-                let _ = fs::remove_file(&path);
+        for (name, kind) in inner.blocks.entries()? {
+            let path = inner.blocks.path().join(&name);
+            let Some(name) = name.to_str() else {
+                log::warn!("{}: not a cached block; left alone", path.display());
                 continue;
             };
+            let Some(block) = geometry.parse_block_name(name) else {
+                // Unlinking removes a link itself, never its target.
+                log::warn!("{}: not a cached block ({}); removing it", path.display(), kind.describe());
+                let _ = inner.blocks.remove(name);
+                continue;
+            };
+            if kind != Kind::File {
+                return Err(crate::store::confined::not_a_file(&path, kind));
+            }
             if !marked.contains(&block) && !keep_clean {
-                fs::remove_file(&path).map_err(|e| context(path.display(), e))?;
+                inner.blocks.remove(name)?;
                 continue;
             }
-            let meta = entry.metadata().map_err(|e| context(path.display(), e))?;
-            if meta.len() > bs {
+            let Some(stat) = inner.blocks.stat(name)? else { continue };
+            if stat.st_size as u64 > bs {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{}: cached block is longer than a block", path.display()),
                 ));
             }
-            let used = meta.modified().unwrap_or(UNIX_EPOCH);
+            let used = UNIX_EPOCH
+                + Duration::new(stat.st_mtime.max(0) as u64, stat.st_mtime_nsec.clamp(0, 999_999_999) as u32);
             files.push((used, block));
         }
         files.sort();
@@ -1013,7 +1026,7 @@ impl CacheStore {
                 s.lru.remove(&tick);
                 s.entries.remove(&block);
                 s.cached -= 1;
-                let _ = fs::remove_file(inner.block_path(block));
+                let _ = inner.blocks.remove(&inner.name(block));
             }
             if !marked.is_empty() {
                 log::info!(
@@ -1028,7 +1041,8 @@ impl CacheStore {
         inner.retrying(&format!("put {EPOCH_KEY}"), || inner.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
         let info =
             CacheInfo { format: "onefs-cache".into(), backend: inner.backend.describe(), epoch, meta: meta.clone() };
-        write_atomic(&info_path, (serde_json::to_string_pretty(&info).unwrap_or_default() + "\n").as_bytes())?;
+        let info_text = serde_json::to_string_pretty(&info).unwrap_or_default() + "\n";
+        write_atomic(&inner.root, CACHE_INFO, info_text.as_bytes(), true)?;
 
         let inner = Arc::new(inner);
         let mut threads = vec![];
@@ -1080,15 +1094,15 @@ impl CacheStore {
             log::warn!("{err}; they will be uploaded at the next start");
         }
         self.stop_threads();
-        let _ = fs::remove_file(self.inner.config.dir.join(STATUS_FILE));
+        let root = &self.inner.root;
+        let _ = root.remove(STATUS_FILE);
         // Every cached block, clean or dirty, durable before saying so.
         // SAFETY: syncfs on a descriptor we own.
-        if unsafe { libc::syncfs(self.inner.blocks_dir.as_raw_fd()) } != 0 {
-            return Err(context(self.inner.config.dir.display(), io::Error::last_os_error()));
+        if unsafe { libc::syncfs(self.inner.blocks.as_file().as_raw_fd()) } != 0 {
+            return Err(context(root.path().display(), io::Error::last_os_error()));
         }
-        let marker = self.inner.config.dir.join(CLEAN_SHUTDOWN);
-        File::create(&marker).map_err(|e| context(marker.display(), e))?;
-        sync_path(&self.inner.config.dir)?;
+        root.open_file(CLEAN_SHUTDOWN, Access::Create(0o600))?;
+        root.sync()?;
         flushed
     }
 }
@@ -1148,9 +1162,9 @@ impl BlockStore for CacheStore {
                 Ok(())
             }
             Got::Cached(_pin) => {
-                let path = self.inner.block_path(block);
-                let file = File::open(&path).map_err(|e| context(path.display(), e))?;
-                crate::store::blockfile::read_or_zeros(&file, offset, buf).map_err(|e| context(path.display(), e))
+                let file = self.inner.block_file(block, Access::Read)?;
+                crate::store::blockfile::read_or_zeros(&file, offset, buf)
+                    .map_err(|e| context(self.inner.block_path(block).display(), e))
             }
         }
     }
@@ -1162,7 +1176,7 @@ impl BlockStore for CacheStore {
             let Got::Cached(pin) = inner.get_block(block, true)? else {
                 return Err(eio(format!("{}: no room in the cache", path.display())));
             };
-            let file = OpenOptions::new().write(true).open(&path).map_err(|e| context(path.display(), e))?;
+            let file = inner.block_file(block, Access::ReadWrite)?;
             file.write_all_at(data, offset).map_err(|e| context(path.display(), e))?;
             return inner.finish_write(block, pin);
         }
@@ -1178,15 +1192,14 @@ impl BlockStore for CacheStore {
             s.lru_remove(block);
             Pin { inner, block }
         };
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|f| f.set_len(inner.bs()).and_then(|()| f.write_all_at(data, offset)));
+        let written = inner.block_file(block, Access::Create(0o600)).and_then(|f| {
+            f.set_len(0)
+                .and_then(|()| f.set_len(inner.bs()))
+                .and_then(|()| f.write_all_at(data, offset))
+                .map_err(|e| context(path.display(), e))
+        });
         if let Err(err) = written {
-            let _ = fs::remove_file(&path);
+            let _ = inner.blocks.remove(&inner.name(block));
             let mut s = inner.state();
             if let Some(e) = s.entries.get_mut(&block) {
                 e.cached = false;
@@ -1195,7 +1208,7 @@ impl BlockStore for CacheStore {
             drop(s);
             drop(pin);
             inner.state().forget_if_idle(block);
-            return Err(context(path.display(), err));
+            return Err(err);
         }
         inner.flush.names_dirty.store(true, Ordering::Release);
         inner.finish_write(block, pin)
@@ -1207,7 +1220,7 @@ impl BlockStore for CacheStore {
         let Got::Cached(pin) = inner.get_block(block, true)? else {
             return Err(eio(format!("{}: no room in the cache", path.display())));
         };
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| context(path.display(), e))?;
+        let file = inner.block_file(block, Access::ReadWrite)?;
         let punch = nix::fcntl::fallocate(
             &file,
             nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
@@ -1238,11 +1251,8 @@ impl BlockStore for CacheStore {
             }
             inner.mark_dirty(&mut s, block)
         };
-        let path = inner.block_path(block);
-        match fs::remove_file(&path) {
-            Ok(()) => inner.flush.names_dirty.store(true, Ordering::Release),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(context(path.display(), e)),
+        if inner.blocks.remove(&inner.name(block))? {
+            inner.flush.names_dirty.store(true, Ordering::Release);
         }
         lock(&inner.unsynced).remove(&block);
         result

@@ -474,3 +474,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn links_and_special_files_in_the_cache_directory_are_never_followed() {
+    let t = Setup::new(8);
+    let config = t.config(Durability::Local, 8, 60_000);
+    let (store, img) = t.open(&config);
+    img.write(BS, b"journalled").unwrap();
+    img.sync().unwrap();
+    drop(img);
+    drop(store);
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, b"keep").unwrap();
+    let cache = config.dir.clone();
+    // A journalled block replaced by a link to a file elsewhere: the link
+    // would be uploaded as the block's content and written through.
+    let block = cache.join("blocks/blk-00002");
+    std::fs::remove_file(&block).unwrap();
+    std::os::unix::fs::symlink(&secret, &block).unwrap();
+    let err = CacheStore::open(t.backend.clone(), &t.meta, &config).err().unwrap().to_string();
+    assert!(err.contains("blk-00002: is a symbolic link, not a regular file"), "{err}");
+    std::fs::remove_file(&block).unwrap();
+    // A cache part that is a link to another directory.
+    let tmp = cache.join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &tmp).unwrap();
+    let err = CacheStore::open(t.backend.clone(), &t.meta, &config).err().unwrap().to_string();
+    assert!(err.contains("tmp: is a symbolic link, not a directory"), "{err}");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"keep");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing was written outside");
+}
