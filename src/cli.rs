@@ -60,7 +60,7 @@ pub enum Commands {
         /// Stay attached and serve in the foreground (for debugging and services)
         #[arg(short, long)]
         foreground: bool,
-        /// Mount options: ro, allow_other, uid=N, gid=N, mode=OCTAL, threads=N, io_uring=auto|on|off
+        /// Mount options: ro, allow_other, uid=N, gid=N, mode=OCTAL, threads=N, io_uring=auto|on|off, nonempty
         #[arg(short = 'o', long = "options", value_name = "OPTIONS", default_value = "")]
         options: String,
         /// Report readiness on this file descriptor (used by the detaching parent)
@@ -375,6 +375,9 @@ pub(crate) fn options_text(spec: &MountSpec) -> String {
     }
     if o.allow_other {
         parts.push("allow_other".into());
+    }
+    if o.nonempty {
+        parts.push("nonempty".into());
     }
     parts.join(",")
 }

@@ -75,6 +75,40 @@ pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Refuses a mountpoint that would hide the store (its own directory, one
+/// inside it, or one of its ancestors): the mount would cover the very
+/// files it serves, and stored data would read as zeros. Both paths
+/// canonical.
+fn refuse_overlap(store: &Path, mountpoint: &Path, cache: bool) -> anyhow::Result<()> {
+    let what = if cache { "cache directory" } else { "store" };
+    let (m, s) = (mountpoint.display(), store.display());
+    if mountpoint == store {
+        bail!("mountpoint {m} is the {what} itself; mount it elsewhere");
+    }
+    if mountpoint.starts_with(store) {
+        bail!("mountpoint {m} is inside the {what} {s}; mount it elsewhere");
+    }
+    if store.starts_with(mountpoint) {
+        bail!("mountpoint {m} holds the {what} {s}: mounting there would hide it; mount it elsewhere");
+    }
+    Ok(())
+}
+
+/// Refuses a mountpoint that holds files (the mount would hide them), as
+/// mount(8) users expect of a disk; `-o nonempty` says it is meant.
+fn refuse_non_empty(mountpoint: &Path) -> anyhow::Result<()> {
+    let mut entries =
+        std::fs::read_dir(mountpoint).map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", mountpoint.display()))?;
+    if let Some(entry) = entries.next() {
+        let name = entry.map(|e| e.file_name().to_string_lossy().into_owned()).unwrap_or_default();
+        bail!(
+            "mountpoint {} is not empty (it holds {name:?}); mount on an empty directory, or with -o nonempty to hide what it holds",
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
 /// Clears a dead FUSE mount (ENOTCONN: its daemon was killed) at `path`.
 /// Returns whether there was one; a live mount or a plain directory is left
 /// alone.
@@ -243,6 +277,14 @@ impl Mounted {
         let meta = backing.meta()?;
         let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", backing.describe()))?;
         let mountpoint = prepare_mountpoint(&spec.mountpoint)?;
+        refuse_overlap(&store, &mountpoint, spec.remote.is_some())?;
+        if let Some(crate::config::RemoteDef { backend: crate::config::BackendDef::Dir { path }, .. }) = &spec.remote {
+            let objects = path.canonicalize().unwrap_or_else(|_| path.clone());
+            refuse_overlap(&objects, &mountpoint, false)?;
+        }
+        if !spec.options.nonempty {
+            refuse_non_empty(&mountpoint)?;
+        }
         let lock = StoreLock::acquire(&store, &mountpoint, spec.options.access.read_only)?;
         raise_fd_limit();
         mark_io_flusher();

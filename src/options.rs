@@ -11,6 +11,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Whether requests come through FUSE over io_uring.
     pub io_uring: RingMode,
+    /// Mount over a directory that is not empty (hiding what it holds).
+    pub nonempty: bool,
 }
 
 pub const DEFAULT_THREADS: usize = 16;
@@ -22,6 +24,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: DEFAULT_THREADS,
             io_uring: RingMode::Auto,
+            nonempty: false,
         }
     }
 }
@@ -49,6 +52,7 @@ impl MountOptions {
                 "ro" => options.access.read_only = true,
                 "rw" => options.access.read_only = false,
                 "allow_other" => options.allow_other = true,
+                "nonempty" => options.nonempty = true,
                 "uid" => options.access.uid = number(10)?,
                 "gid" => options.access.gid = number(10)?,
                 "mode" => {
@@ -84,9 +88,11 @@ mod tests {
 
     #[test]
     fn parses_known_options() {
-        let o = MountOptions::parse("ro,allow_other,uid=1000,gid=100,mode=0640,threads=4,_netdev,x-systemd.requires=a")
-            .unwrap();
-        assert!(o.access.read_only && o.allow_other);
+        let o = MountOptions::parse(
+            "ro,allow_other,uid=1000,gid=100,mode=0640,threads=4,nonempty,_netdev,x-systemd.requires=a",
+        )
+        .unwrap();
+        assert!(o.access.read_only && o.allow_other && o.nonempty);
         assert_eq!((o.access.uid, o.access.gid, o.access.mode, o.threads), (1000, 100, 0o640, 4));
         assert_eq!(MountOptions::parse("").unwrap(), MountOptions::default());
         assert_eq!(MountOptions::default().io_uring, RingMode::Auto);
