@@ -1,7 +1,7 @@
-//! Crashes and faults for real: kill -9 of the daemon, a power cut of the
-//! store's filesystem, a full store, a store removed under a live mount, and
-//! a writer under memory pressure. Every acknowledged (fsync'ed) record must
-//! survive; nothing may panic.
+//! Crashes and faults for real: kill -9 of the daemon (with ext4 or btrfs
+//! inside disk.img), a power cut of the store's filesystem, a full store, a
+//! store removed under a live mount, and a writer under memory pressure.
+//! Every acknowledged (fsync'ed) record must survive; nothing may panic.
 
 mod common;
 
@@ -96,15 +96,83 @@ fn random_pause(min_ms: u64, span_ms: u64) {
     std::thread::sleep(Duration::from_millis(min_ms + nanos % span_ms));
 }
 
-/// Checks the inner ext4 after a crash (journal replay, then a clean
+/// The filesystem inside disk.img that the crash tests write to: how to make
+/// it, recover it after a crash (journal or log replay), and check it.
+struct InnerFs {
+    /// Where its tools come from.
+    package: &'static str,
+    /// The command that makes it; the device is appended.
+    mkfs: &'static [&'static str],
+    replay: Replay,
+    /// A read-only check that must come out clean after the replay; the
+    /// device is appended.
+    fsck: &'static [&'static str],
+}
+
+enum Replay {
+    /// A repairing fsck replays the journal (exit 1, "errors corrected", is
+    /// fine); the device is appended.
+    Fsck(&'static [&'static str]),
+    /// Mounting replays the log (and unmounting writes the result back).
+    Mount,
+}
+
+const EXT4: InnerFs = InnerFs {
+    package: "e2fsprogs",
+    mkfs: &["mkfs.ext4", "-q"],
+    replay: Replay::Fsck(&["e2fsck", "-fy"]),
+    fsck: &["e2fsck", "-fn"],
+};
+
+const BTRFS: InnerFs = InnerFs {
+    package: "btrfs-progs",
+    mkfs: &["mkfs.btrfs", "-f", "-q"],
+    replay: Replay::Mount,
+    fsck: &["btrfs", "check", "--readonly"],
+};
+
+impl InnerFs {
+    /// Fails at once, naming the package, if a tool is missing.
+    fn require_tools(&self) {
+        for program in [self.mkfs[0], self.fsck[0]] {
+            require_program(program, self.package);
+        }
+    }
+
+    fn mkfs(&self, dev: &str) {
+        run(self.mkfs[0], &[&self.mkfs[1..], &[dev]].concat());
+    }
+
+    /// Replays the journal or log on `dev`, then checks it read-only.
+    fn recover_and_check(&self, dev: &str, dir: &Path) {
+        match self.replay {
+            Replay::Fsck(fsck) => {
+                let replay = Command::new(fsck[0]).args(&fsck[1..]).arg(dev).output().unwrap();
+                assert!(
+                    replay.status.code().unwrap_or(8) <= 1,
+                    "{fsck:?}: {}",
+                    String::from_utf8_lossy(&replay.stdout)
+                );
+            }
+            Replay::Mount => DevMount::new(dev, dir).unmount(),
+        }
+        let check = Command::new(self.fsck[0]).args(&self.fsck[1..]).arg(dev).output().unwrap();
+        assert!(
+            check.status.success(),
+            "{:?} after replay: {}{}",
+            self.fsck,
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
+
+/// Checks the inner filesystem after a crash (replay, then a clean
 /// read-only check) and that every acknowledged record is intact.
-fn verify_after_crash(store: &Path, mnt: &Path, ext: &Path, acked: &[u64]) {
+fn verify_after_crash(inner_fs: &InnerFs, store: &Path, mnt: &Path, ext: &Path, acked: &[u64]) {
     let onefs = OnefsMount::new(store, mnt, &[]);
     let dev = Loop::attach(&onefs.disk(), &[]);
-    let replay = Command::new("e2fsck").args(["-fy", &dev.0]).output().unwrap();
-    assert!(replay.status.code().unwrap_or(8) <= 1, "e2fsck -fy: {}", String::from_utf8_lossy(&replay.stdout));
-    let check = Command::new("e2fsck").args(["-fn", &dev.0]).output().unwrap();
-    assert!(check.status.success(), "e2fsck -fn after replay: {}", String::from_utf8_lossy(&check.stdout));
+    inner_fs.recover_and_check(&dev.0, ext);
     let inner = DevMount::new(&dev.0, ext);
     let log = fs::read(ext.join("log")).unwrap_or_default();
     for &i in acked {
@@ -119,13 +187,25 @@ fn verify_after_crash(store: &Path, mnt: &Path, ext: &Path, acked: &[u64]) {
 
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
+    kill_9_under_an_fsyncing_writer(&EXT4);
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_write_on_btrfs() {
+    kill_9_under_an_fsyncing_writer(&BTRFS);
+}
+
+/// `kill -9` of the daemon while a writer appends fsync'ed records to a
+/// file on `inner_fs` in disk.img: every acknowledged record survives.
+fn kill_9_under_an_fsyncing_writer(inner_fs: &InnerFs) {
+    inner_fs.require_tools();
     let s = Scratch::new();
     let (store, mnt, ext) = (s.path("store"), s.dir("mnt"), s.dir("ext"));
     create(&store, "512M", "1M");
     let acked = {
         let onefs = OnefsMount::new(&store, &mnt, &[]);
         let dev = Loop::attach(&onefs.disk(), &[]);
-        run("mkfs.ext4", &["-q", &dev.0]);
+        inner_fs.mkfs(&dev.0);
         let inner = DevMount::new(&dev.0, &ext);
         let writer = Writer::start(ext.join("log"));
         writer.wait_for(20);
@@ -138,7 +218,7 @@ fn kill_9_loses_no_acknowledged_write() {
         acked
     };
     assert!(acked.len() > 10, "the writer got going before the crash ({} records)", acked.len());
-    verify_after_crash(&store, &mnt, &ext, &acked);
+    verify_after_crash(inner_fs, &store, &mnt, &ext, &acked);
 }
 
 /// An ext4 of its own for the store, so its power can be cut alone.
@@ -202,7 +282,7 @@ fn power_cut_of_the_store_loses_no_acknowledged_write() {
     run("umount", &[storefs.dir.to_str().unwrap()]);
     run("mount", &[&dev, storefs.dir.to_str().unwrap()]);
     assert!(acked.len() > 10, "the writer got going before the power cut ({} records)", acked.len());
-    verify_after_crash(&store, &mnt, &ext, &acked);
+    verify_after_crash(&EXT4, &store, &mnt, &ext, &acked);
     drop(storefs);
 }
 

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -28,6 +28,15 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
 
 pub fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "these tests mount filesystems and must run as root");
+}
+
+/// Fails the test, naming the package, unless `program` is on the PATH: a
+/// missing tool must not turn into a skipped test.
+pub fn require_program(program: &str, package: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .any(|dir| fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0));
+    assert!(found, "{program} is not installed: install {package} (scripts/deps does)");
 }
 
 /// A unique scratch directory on a real disk (not tmpfs), removed on drop.
@@ -187,6 +196,11 @@ impl DevMount {
         run("mount", &[dev, dir.to_str().unwrap()]);
         DevMount(dir.to_path_buf())
     }
+    /// Mounts with `-o OPTIONS`.
+    pub fn with_options(dev: &str, dir: &Path, options: &str) -> Self {
+        run("mount", &["-o", options, dev, dir.to_str().unwrap()]);
+        DevMount(dir.to_path_buf())
+    }
     pub fn unmount(self) {
         run("umount", &[self.0.to_str().unwrap()]);
         std::mem::forget(self);
@@ -236,6 +250,49 @@ pub fn block_files(store: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// What a store holds: block files, and the bytes they really take on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+impl Stored {
+    pub fn of(store: &Path) -> Self {
+        let names = block_files(store);
+        let bytes = names.iter().map(|n| fs::metadata(store.join(n)).map_or(0, |m| m.blocks() * 512)).sum();
+        Stored { files: names.len(), bytes }
+    }
+}
+
+/// The store invariant, checked through a mounted `disk`: every block file
+/// holds exactly its byte range of disk.img, no block file lies past its end,
+/// and every block without a file reads as zeros. Reads a block at a time.
+pub fn assert_store_matches_image(store: &Path, disk: &Path, block_size: u64) {
+    let image = fs::File::open(disk).expect("open disk.img");
+    let size = image.metadata().expect("stat disk.img").len();
+    assert_eq!(size % block_size, 0, "disk.img is not a whole number of blocks");
+    let count = size / block_size;
+    let files: std::collections::BTreeMap<u64, String> = block_files(store)
+        .into_iter()
+        .map(|name| (name["blk-".len()..].parse().unwrap_or_else(|_| panic!("{name}: no block number")), name))
+        .collect();
+    if let Some((&number, name)) = files.iter().find(|&(&n, _)| n == 0 || n > count) {
+        panic!("{name} (block {number}) lies outside a disk.img of {count} blocks");
+    }
+    let mut range = vec![0u8; block_size as usize];
+    for block in 0..count {
+        image.read_exact_at(&mut range, block * block_size).expect("read disk.img");
+        match files.get(&(block + 1)) {
+            Some(name) => {
+                let raw = fs::read(store.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+                assert!(raw == range, "{name} differs from its range of disk.img");
+            }
+            None => assert!(range.iter().all(|&b| b == 0), "block {block} has data but no file"),
+        }
+    }
 }
 
 pub fn pwrite(path: &Path, offset: u64, data: &[u8]) {
