@@ -144,7 +144,7 @@ fn every_cli_option_and_command_is_in_the_man_page() {
     // Every mount option onefs accepts is in both man pages, the README and --help.
     let readme = std::fs::read_to_string(repo("README.md")).unwrap();
     let help = onefs::cli::Cli::command().find_subcommand_mut("mount").unwrap().render_long_help().to_string();
-    for option in ["ro", "allow_other", "uid=", "gid=", "mode=", "threads=", "io_uring="] {
+    for option in ["ro", "allow_other", "uid=", "gid=", "mode=", "threads=", "io_uring=", "nonempty"] {
         let probe = if option.ends_with('=') { format!("{option}1") } else { option.to_string() };
         if let Err(e) = onefs::options::MountOptions::parse(&probe) {
             assert!(!e.starts_with("unknown mount option"), "{e}");
