@@ -116,7 +116,7 @@ fn lock_and_clean_mark_planted_as_links_never_change_their_targets() {
     fs::remove_file(&mark).unwrap();
     symlink(&secret, &mark).unwrap();
     let m = OnefsMount::new(&store, &mnt, &[]);
-    assert_eq!(pread(&m.disk(), MIB as u64, MIB), pattern(1, MIB));
+    assert!(pread(&m.disk(), MIB as u64, MIB) == pattern(1, MIB), "data differs");
     m.unmount();
     assert_untouched(&secret);
     assert!(mark.is_symlink(), "the link is left for fsck to report");
@@ -185,7 +185,7 @@ fn a_stored_block_that_vanished_reads_as_an_error_never_as_zeros() {
     let err = disk.read_exact_at(&mut buf, MIB as u64 + 8192).expect_err("a vanished block must not read as zeros");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     // The other block is served as before.
-    assert_eq!(pread(&m.disk(), 3 * MIB as u64, MIB), pattern(3, MIB));
+    assert!(pread(&m.disk(), 3 * MIB as u64, MIB) == pattern(3, MIB), "data differs");
     drop(disk);
     m.unmount();
 }
@@ -200,8 +200,8 @@ fn the_store_renamed_while_mounted_keeps_serving_from_where_it_went() {
     fs::rename(&store, &moved).unwrap();
     m.store = moved.clone();
     // Nothing is cached yet: every block file is opened after the rename.
-    assert_eq!(pread(&m.disk(), MIB as u64, MIB), pattern(1, MIB));
-    assert_eq!(pread(&m.disk(), 3 * MIB as u64, MIB), pattern(3, MIB));
+    assert!(pread(&m.disk(), MIB as u64, MIB) == pattern(1, MIB), "data differs");
+    assert!(pread(&m.disk(), 3 * MIB as u64, MIB) == pattern(3, MIB), "data differs");
     pwrite(&m.disk(), 10 * MIB as u64, &pattern(10, MIB));
     fs::File::open(m.disk()).unwrap().sync_all().unwrap();
     assert!(moved.join("blk-00011").is_file(), "a new block lands in the moved store");
@@ -209,7 +209,7 @@ fn the_store_renamed_while_mounted_keeps_serving_from_where_it_went() {
     m.unmount();
     let m = OnefsMount::new(&moved, &mnt, &[]);
     for block in [1, 3, 10] {
-        assert_eq!(pread(&m.disk(), block * MIB as u64, MIB), pattern(block, MIB), "block {block}");
+        assert!(pread(&m.disk(), block * MIB as u64, MIB) == pattern(block, MIB), "block {block} data differs");
     }
     m.unmount();
     assert_eq!(fsck(&moved).0, Some(0));
@@ -234,7 +234,7 @@ fn a_mountpoint_that_would_hide_the_store_or_its_files_is_refused() {
     fs::write(full.join("keep"), b"x").unwrap();
     refused(&["mount", st, full.to_str().unwrap()], &["is not empty", "keep", "nonempty"]);
     let m = OnefsMount::new(&store, &full, &["-o", "nonempty"]);
-    assert_eq!(pread(&m.disk(), MIB as u64, MIB), pattern(1, MIB));
+    assert!(pread(&m.disk(), MIB as u64, MIB) == pattern(1, MIB), "data differs");
     m.unmount();
     assert_eq!(fs::read(full.join("keep")).unwrap(), b"x");
 }
@@ -275,7 +275,7 @@ fn a_read_only_store_mounts_read_only_and_is_left_as_it_was() {
     {
         let _ro = DevMount::bind_read_only(&store);
         let m = OnefsMount::new(&store, &mnt, &["-o", "ro"]);
-        assert_eq!(pread(&m.disk(), MIB as u64, MIB), pattern(1, MIB));
+        assert!(pread(&m.disk(), MIB as u64, MIB) == pattern(1, MIB), "data differs");
         m.unmount();
     }
     assert_eq!(snapshot(&store), before);
@@ -293,7 +293,7 @@ fn a_read_only_store_mounts_read_only_and_is_left_as_it_was() {
     }
     let _mutable = Mutable(&blk);
     let m = OnefsMount::new(&store, &mnt, &["-o", "ro"]);
-    assert_eq!(pread(&m.disk(), MIB as u64, MIB), pattern(1, MIB));
+    assert!(pread(&m.disk(), MIB as u64, MIB) == pattern(1, MIB), "data differs");
     m.unmount();
     assert_eq!(snapshot(&store), before, "a read-only mount changed the store");
 }
