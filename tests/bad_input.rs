@@ -102,7 +102,7 @@ fn mount_refuses_damaged_or_foreign_descriptions() {
     fs::write(&meta_path, &good[..good.len() / 2]).unwrap();
     refuse_mount(&store, &mnt, &[&meta_s, "EOF"]);
 
-    fs::write(&meta_path, good.replace("\"version\": 1", "\"version\": 7")).unwrap();
+    fs::write(&meta_path, good.replace("\"version\": 2", "\"version\": 7")).unwrap();
     refuse_mount(&store, &mnt, &[&meta_s, "version 7 is newer"]);
 
     fs::write(&meta_path, good.replace("\"block_count\": 8", "\"block_count\": 9")).unwrap();
