@@ -158,11 +158,17 @@ impl StoreLock {
                     holder.describe()
                 );
             }
-            let still_mounted = holder
-                .mountpoint
-                .as_deref()
-                .and_then(mountinfo::mount_at)
-                .is_some_and(|m| m.fstype == "fuse.onefs" && Path::new(&m.source) == store);
+            let ours = |m: &mountinfo::MountEntry| m.fstype == "fuse.onefs" && Path::new(&m.source) == store;
+            let mut holder = holder;
+            let mut still_mounted =
+                holder.mountpoint.as_deref().and_then(mountinfo::mount_at).is_some_and(|m| ours(&m));
+            if holder.mountpoint.is_none() {
+                // A read-only mount records no holder: find it by its source.
+                if let Some(m) = mountinfo::mounts().into_iter().find(|m| ours(m)) {
+                    holder.mountpoint = Some(m.mountpoint);
+                    still_mounted = true;
+                }
+            }
             if still_mounted {
                 let hint = if holder.unit.as_deref().is_some_and(|u| u.starts_with("onefs")) {
                     " (a definition is served by either onefs@NAME.service or onefs.service, not both; stop that unit first)"

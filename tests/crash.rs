@@ -323,13 +323,10 @@ fn a_store_removed_under_a_live_mount_gives_errors_not_a_crash() {
     let onefs = OnefsMount::new(&store, &mnt, &[]);
     pwrite(&onefs.disk(), 0, b"before");
     let pid = onefs.pid();
-    // Keep the lock file's directory entry for the test guard; remove the rest.
-    for e in fs::read_dir(&store).unwrap().flatten() {
-        if e.file_name() != "onefs.lock" {
-            fs::remove_file(e.path()).unwrap();
-        }
-    }
-    fs::rename(&store, s.path("moved")).unwrap();
+    // The whole directory, gone: onefs works from the descriptor it holds
+    // (a rename changes nothing), and nothing can be created in a removed
+    // directory.
+    fs::remove_dir_all(&store).unwrap();
     let f = fs::OpenOptions::new().write(true).open(onefs.disk()).unwrap();
     let result = f.write_all_at(b"after", 10 * MIB).and_then(|()| f.sync_all());
     assert!(result.is_err(), "writing into a removed store succeeded");
@@ -435,13 +432,32 @@ fn a_store_turned_read_only_under_a_live_mount_gives_errors_not_a_crash() {
 
     let onefs = OnefsMount::new(&store, &mnt, &[]);
     let pid = onefs.pid();
-    let ro = DevMount::bind_read_only(&store);
+    // onefs holds the store's directory descriptor, so a read-only bind
+    // mount over its path would change nothing; an immutable directory
+    // refuses new block files the way a read-only filesystem does.
+    let ro = Immutable::set(&store);
     assert_eq!(pread(&onefs.disk(), 0, 14), b"written before", "reads keep working");
     let f = fs::OpenOptions::new().write(true).open(onefs.disk()).unwrap();
     let err = f.write_all_at(b"after", 10 * MIB).and_then(|()| f.sync_all()).expect_err("wrote into a read-only store");
-    assert!(matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::EIO)), "{err}");
+    assert!(matches!(err.raw_os_error(), Some(libc::EROFS | libc::EIO | libc::EPERM)), "{err}");
     drop(f);
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "daemon died");
     onefs.unmount();
     drop(ro);
+}
+
+/// `chattr +i` on a directory, undone on drop.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Self {
+        run("chattr", &["+i", dir.to_str().unwrap()]);
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
 }
