@@ -106,8 +106,13 @@ pub enum Commands {
         config_dir: PathBuf,
     },
     /// Show what is mounted, where, from which store, and how much is stored
+    ///
+    /// Each mount's state is mounted, dead (its onefs is gone: ENOTCONN), not
+    /// answering (no answer to statfs within 2s: its onefs is stopped or
+    /// stuck) or not mounted. A mount or store that does not answer delays
+    /// the command by a few seconds at most.
     Status {
-        /// Only this definition; exit status 3 when it is not mounted
+        /// Only this definition; exit status 3 unless it is mounted and answering
         name: Option<String>,
         /// Print JSON for scripts
         #[arg(long)]
@@ -249,7 +254,7 @@ fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCod
                 let text =
                     if *json { crate::status::render_json(&entries) } else { crate::status::render_text(&entries) };
                 print!("{text}");
-                if name.is_some() && entries.iter().all(|e| e.state != "mounted") {
+                if name.is_some() && entries.iter().all(|e| e.state != crate::status::MOUNTED) {
                     return Some(ExitCode::from(3));
                 }
                 Ok(())

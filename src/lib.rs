@@ -7,7 +7,8 @@
 //! - [`core`]: pure geometry, block map and zero detection.
 //!
 //! Around them: [`meta`] (`onefs.json`), [`create`], [`mount`] (the life of
-//! a mount), [`lock`], [`cli`].
+//! a mount), [`lock`], [`probe`] (questions to a path's filesystem with
+//! a time limit), [`cli`].
 
 pub mod backend;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod meta;
 pub mod mount;
 pub mod mountinfo;
 pub mod options;
+pub mod probe;
 pub mod service;
 pub mod status;
 pub mod store;

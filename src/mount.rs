@@ -8,6 +8,7 @@ use crate::image::Image;
 use crate::lock::StoreLock;
 use crate::mountinfo;
 use crate::options::MountOptions;
+use crate::probe;
 use anyhow::{Context, bail};
 use fuser::{MountOption, SessionACL};
 use nix::mount::{MntFlags, umount2};
@@ -41,28 +42,26 @@ pub trait Readiness {
 
 /// Makes `path` usable as a mountpoint: it must be an existing directory that
 /// is not already a mount point. A dead FUSE mount left by a killed daemon
-/// (ENOTCONN) is cleared.
+/// (ENOTCONN) is cleared. A path whose filesystem does not answer (a stopped
+/// or stuck mount at or above it) is refused within [`probe::MOUNT_LIMIT`].
 pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     if clear_dead_mount(path)? {
         log::warn!("{}: cleared a dead mount left by a crashed daemon", path.display());
     }
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("mountpoint {} does not exist", path.display()),
-        Err(e) => bail!("mountpoint {}: {e}", path.display()),
-        Ok(meta) if !meta.is_dir() => bail!("mountpoint {} is not a directory", path.display()),
-        Ok(_) => {}
-    }
-    let path = path.canonicalize().with_context(|| format!("mountpoint {}", path.display()))?;
+    let path = mountpoint_dir(path)?;
     if let Some(existing) = mountinfo::mount_at(&path) {
         let mut by = String::new();
-        if existing.fstype == FUSE_TYPE
-            && let Some(holder) = crate::lock::holder(Path::new(&existing.source))
-        {
-            if let Some(pid) = holder.pid {
-                by += &format!(", served by onefs pid {pid}");
-            }
-            if let Some(unit) = holder.unit {
-                by += &format!(" of unit {unit}");
+        if existing.fstype == FUSE_TYPE {
+            // The holder is recorded in that mount's store, which may hang too.
+            let store = PathBuf::from(&existing.source);
+            let holder = probe::ask(("holder", store.clone()), probe::LIMIT, move || crate::lock::holder(&store));
+            if let Ok(Some(holder)) = holder {
+                if let Some(pid) = holder.pid {
+                    by += &format!(", served by onefs pid {pid}");
+                }
+                if let Some(unit) = holder.unit {
+                    by += &format!(" of unit {unit}");
+                }
             }
         }
         bail!(
@@ -109,24 +108,86 @@ fn refuse_non_empty(mountpoint: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks that `path` is an existing directory and returns its canonical
+/// form, within [`probe::MOUNT_LIMIT`].
+pub fn mountpoint_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    let owned = path.to_path_buf();
+    let answer = probe::ask(("mountpoint", path.to_path_buf()), probe::MOUNT_LIMIT, move || {
+        let path = owned.as_path();
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("mountpoint {} does not exist", path.display()));
+            }
+            Err(e) => return Err(format!("mountpoint {}: {e}", path.display())),
+            Ok(meta) if !meta.is_dir() => return Err(format!("mountpoint {} is not a directory", path.display())),
+            Ok(_) => {}
+        }
+        path.canonicalize().map_err(|e| format!("mountpoint {}: {e}", path.display()))
+    });
+    match answer {
+        Ok(result) => result.map_err(anyhow::Error::msg),
+        Err(why) => Err(not_answering(path, &why)),
+    }
+}
+
+/// The one-line error for a mountpoint whose filesystem does not answer,
+/// naming the mount in the way when mountinfo knows it.
+fn not_answering(path: &Path, why: &probe::Unanswered) -> anyhow::Error {
+    let probe::Unanswered::NotAnswering(waited) = why else {
+        return anyhow::anyhow!("mountpoint {}: {why}", path.display());
+    };
+    // The nearest mount at or above the path (no canonicalize: it would hang).
+    let mounts = mountinfo::mounts();
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let culprit = absolute
+        .ancestors()
+        .find_map(|dir| mounts.iter().rev().find(|m| m.mountpoint == dir))
+        .filter(|m| m.mountpoint != Path::new("/"));
+    let what = match culprit {
+        Some(m) if m.fstype == FUSE_TYPE => {
+            format!(": the onefs mount of {} at {} is stopped or stuck", m.source, m.mountpoint.display())
+        }
+        Some(m) => format!(": the {} mount at {} is stopped or stuck", m.fstype, m.mountpoint.display()),
+        None => String::new(),
+    };
+    anyhow::anyhow!("mountpoint {} is not answering (no answer in {:.0}s){what}", path.display(), waited.as_secs_f64())
+}
+
 /// Clears a dead FUSE mount (ENOTCONN: its daemon was killed) at `path`.
 /// Returns whether there was one; a live mount or a plain directory is left
-/// alone.
+/// alone, and a path that does not answer is an error.
 pub fn clear_dead_mount(path: &Path) -> anyhow::Result<bool> {
     // statfs, not stat: stat may answer from the attribute cache for a second.
-    match nix::sys::statfs::statfs(path) {
-        Err(nix::errno::Errno::ENOTCONN) => {
+    match probe::statfs(path).wait_until(Instant::now() + probe::MOUNT_LIMIT) {
+        Ok(Err(nix::errno::Errno::ENOTCONN)) => {
             umount2(path, MntFlags::MNT_DETACH)
                 .with_context(|| format!("{}: cannot clear dead mount", path.display()))?;
             Ok(true)
         }
-        _ => Ok(false),
+        Ok(_) => Ok(false),
+        Err(why) => Err(not_answering(path, &why)),
     }
 }
 
-fn is_live(mountpoint: &Path, store: &Path) -> bool {
-    let fuse = nix::sys::statfs::statfs(mountpoint).is_ok_and(|s| s.filesystem_type().0 == FUSE_SUPER_MAGIC);
+/// Whether `mountpoint` is the live FUSE mount of `store`: in mountinfo and
+/// answering statfs with the FUSE magic by `deadline`.
+fn is_live(mountpoint: &Path, store: &Path, deadline: Instant) -> bool {
+    let fuse = probe::statfs(mountpoint).wait_until(deadline) == Ok(Ok(FUSE_SUPER_MAGIC));
     fuse && mountinfo::mount_at(mountpoint).is_some_and(|m| m.fstype == FUSE_TYPE && Path::new(&m.source) == store)
+}
+
+/// The canonical path of a store directory, within [`probe::MOUNT_LIMIT`].
+fn store_dir(store: &Path) -> anyhow::Result<PathBuf> {
+    let owned = store.to_path_buf();
+    match probe::ask(("canonicalize", store.to_path_buf()), probe::MOUNT_LIMIT, move || {
+        owned.canonicalize().map_err(|e| e.to_string())
+    }) {
+        Ok(result) => result.map_err(|e| anyhow::anyhow!("store {}: {e}", store.display())),
+        Err(why @ probe::Unanswered::NotAnswering(_)) => {
+            bail!("store {} is {why}: is the filesystem it is on stuck?", store.display())
+        }
+        Err(why) => bail!("store {}: {why}", store.display()),
+    }
 }
 
 /// Threads of this process that fuser runs its workers on (`fuser-N`), by id.
@@ -272,7 +333,7 @@ impl Mounted {
                 .create(&spec.store)
                 .map_err(|e| anyhow::anyhow!("cache directory {}: {e}", spec.store.display()))?;
         }
-        let store = spec.store.canonicalize().map_err(|e| anyhow::anyhow!("store {}: {e}", spec.store.display()))?;
+        let store = store_dir(&spec.store)?;
         let backing = crate::compose::Backing::new(&store, spec.remote.as_ref())?;
         let meta = backing.meta()?;
         let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", backing.describe()))?;
@@ -379,11 +440,14 @@ impl Mounted {
             }
             log::info!("{why}; serving through /dev/fuse");
         }
+        // Each statfs waits at most until the deadline: a mount that hangs
+        // (the kernel still waiting for something) fails here, it does not
+        // leave `onefs mount` waiting forever.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !is_live(&mounted.mountpoint, &mounted.store) {
+        while !is_live(&mounted.mountpoint, &mounted.store, deadline) {
             if Instant::now() > deadline {
                 let _ = mounted.unmount();
-                bail!("mount at {} did not come up within 10s", mounted.mountpoint.display());
+                bail!("mount at {} did not come up (answer statfs) within 10s", mounted.mountpoint.display());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -454,10 +518,19 @@ impl Mounted {
         Ok(())
     }
 
-    /// Whether the mount is still in place and answering (false once
-    /// detached or unmounted).
-    pub fn is_live(&self) -> bool {
-        !self.detached && is_live(&self.mountpoint, &self.store)
+    /// Whether the mount is still in place and answers statfs by `deadline`
+    /// (false once detached or unmounted). While one such question is
+    /// unanswered, asking again joins it: a stuck mount costs one thread.
+    pub fn is_live(&self, deadline: Instant) -> bool {
+        !self.detached && is_live(&self.mountpoint, &self.store, deadline)
+    }
+
+    /// Starts the statfs that [`Mounted::is_live`] waits for, so that the
+    /// mounts of a service are asked at once rather than one after another.
+    pub fn ask_if_live(&self) {
+        if !self.detached {
+            drop(probe::statfs(&self.mountpoint));
+        }
     }
 
     pub fn is_detached(&self) -> bool {

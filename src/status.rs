@@ -4,9 +4,11 @@
 use crate::config::{self, Definition};
 use crate::core::size::{Approx, Size};
 use crate::mount::FUSE_TYPE;
+use crate::probe;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Entry {
@@ -14,7 +16,9 @@ pub struct Entry {
     pub name: Option<String>,
     pub store: PathBuf,
     pub mountpoint: Option<PathBuf>,
-    /// `mounted`, `dead` (its daemon is gone: ENOTCONN) or `not mounted`.
+    /// `mounted`, `dead` (its daemon is gone: ENOTCONN), `not answering`
+    /// (mounted, but statfs got no answer within 2 s: its onefs is stopped
+    /// or stuck) or `not mounted`.
     pub state: String,
     pub pid: Option<u32>,
     pub unit: Option<String>,
@@ -50,22 +54,10 @@ fn stored(store: &Path, prefix: &str) -> std::io::Result<(u64, u64)> {
     Ok((blocks, bytes))
 }
 
-fn describe(name: Option<String>, store: PathBuf, mountpoint: Option<PathBuf>, state: &str) -> Entry {
-    let mut entry = Entry {
-        name,
-        store,
-        mountpoint,
-        state: state.into(),
-        pid: None,
-        unit: None,
-        size: None,
-        block_size: None,
-        block_count: None,
-        blocks_stored: None,
-        bytes_stored: None,
-        error: None,
-        cache: None,
-    };
+/// What the store says about itself: who holds it, the image's size and
+/// what is stored.
+fn describe(store: PathBuf) -> Entry {
+    let mut entry = describe_nothing(store);
     if let Some(holder) = crate::lock::holder(&entry.store) {
         entry.pid = holder.pid;
         entry.unit = holder.unit;
@@ -96,8 +88,27 @@ fn describe(name: Option<String>, store: PathBuf, mountpoint: Option<PathBuf>, s
     entry
 }
 
+/// The states of a mount (or of a definition's mountpoint).
+pub const MOUNTED: &str = "mounted";
+pub const DEAD: &str = "dead";
+pub const NOT_ANSWERING: &str = "not answering";
+pub const NOT_MOUNTED: &str = "not mounted";
+
+/// One line of the status before the questions are answered.
+struct Row {
+    name: Option<String>,
+    store: PathBuf,
+    mountpoint: PathBuf,
+    mounted: bool,
+}
+
 /// Every onefs mount, plus every definition in `dir` (mounted or not).
 /// With `only`, just that definition (an error if there is none).
+///
+/// Nothing here waits for another mount or store for long: each question to
+/// a mountpoint or store is asked on a helper thread, all of them at once,
+/// and whatever has not answered within [`probe::LIMIT`] is reported as not
+/// answering (a stopped or stuck onefs, a hung disk).
 pub fn collect(dir: &Path, only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
     let defs: Vec<Definition> = match only {
         Some(name) => vec![Definition::load_named(dir, name)?],
@@ -105,32 +116,104 @@ pub fn collect(dir: &Path, only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
         None => vec![],
     };
     let mounts: Vec<_> = crate::mountinfo::mounts().into_iter().filter(|m| m.fstype == FUSE_TYPE).collect();
-    let mut entries = vec![];
-    for def in &defs {
-        let canonical = def.store.canonicalize().unwrap_or_else(|_| def.store.clone());
+    // A store path may lead through a stuck mount too.
+    let canonical: Vec<_> = defs
+        .iter()
+        .map(|def| {
+            let store = def.store.clone();
+            probe::start(("canonical store", def.store.clone()), move || store.canonicalize().ok())
+        })
+        .collect();
+    let deadline = Instant::now() + probe::LIMIT;
+    let mut rows = vec![];
+    for (def, canonical) in defs.iter().zip(canonical) {
+        let canonical = canonical.wait_until(deadline).ok().flatten().unwrap_or_else(|| def.store.clone());
         let mount = mounts.iter().find(|m| Path::new(&m.source) == canonical || Path::new(&m.source) == def.store);
-        let (mountpoint, state) = match mount {
-            Some(m) => (m.mountpoint.clone(), state_of(&m.mountpoint)),
-            None => (def.mountpoint.clone(), "not mounted"),
-        };
-        entries.push(describe(Some(def.name.clone()), def.store.clone(), Some(mountpoint), state));
+        rows.push(match mount {
+            Some(m) => Row {
+                name: Some(def.name.clone()),
+                store: def.store.clone(),
+                mountpoint: m.mountpoint.clone(),
+                mounted: true,
+            },
+            None => Row {
+                name: Some(def.name.clone()),
+                store: def.store.clone(),
+                mountpoint: def.mountpoint.clone(),
+                mounted: false,
+            },
+        });
     }
     if only.is_none() {
         for m in &mounts {
-            let store = PathBuf::from(&m.source);
-            if entries.iter().any(|e| e.mountpoint.as_deref() == Some(&m.mountpoint) && e.state != "not mounted") {
+            if rows.iter().any(|r| r.mountpoint == m.mountpoint && r.mounted) {
                 continue;
             }
-            entries.push(describe(None, store, Some(m.mountpoint.clone()), state_of(&m.mountpoint)));
+            rows.push(Row {
+                name: None,
+                store: PathBuf::from(&m.source),
+                mountpoint: m.mountpoint.clone(),
+                mounted: true,
+            });
         }
     }
+
+    // Ask every question first, then collect the answers by one deadline.
+    let asked: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let state = row.mounted.then(|| probe::statfs(&row.mountpoint));
+            let store = row.store.clone();
+            (state, probe::start(("describe", row.store.clone()), move || describe(store)))
+        })
+        .collect();
+    let deadline = Instant::now() + probe::LIMIT;
+    let entries = rows
+        .into_iter()
+        .zip(asked)
+        .map(|(row, (state, described))| {
+            let state = match state.map(|s| s.wait_until(deadline)) {
+                None => NOT_MOUNTED,
+                Some(Ok(Err(nix::errno::Errno::ENOTCONN))) => DEAD,
+                Some(Ok(_)) => MOUNTED,
+                Some(Err(probe::Unanswered::NotAnswering(_))) => NOT_ANSWERING,
+                // No thread to ask with: say what mountinfo says.
+                Some(Err(probe::Unanswered::CannotAsk(_))) => MOUNTED,
+            };
+            let mut entry = match described.wait_until(deadline) {
+                Ok(entry) => entry,
+                Err(why) => {
+                    let mut entry = describe_nothing(row.store.clone());
+                    entry.error = Some(format!("store {}: {why}", row.store.display()));
+                    entry
+                }
+            };
+            entry.name = row.name;
+            entry.store = row.store;
+            entry.mountpoint = Some(row.mountpoint);
+            entry.state = state.into();
+            entry
+        })
+        .collect();
     Ok(entries)
 }
 
-fn state_of(mountpoint: &Path) -> &'static str {
-    match nix::sys::statfs::statfs(mountpoint) {
-        Err(nix::errno::Errno::ENOTCONN) => "dead",
-        _ => "mounted",
+/// An entry that knows only its store.
+fn describe_nothing(store: PathBuf) -> Entry {
+    Entry {
+        name: None,
+        store,
+        mountpoint: None,
+        state: String::new(),
+        pid: None,
+        unit: None,
+        size: None,
+        block_size: None,
+        block_count: None,
+        blocks_stored: None,
+        bytes_stored: None,
+        error: None,
+        cache: None,
     }
 }
 
@@ -154,6 +237,14 @@ pub fn render_text(entries: &[Entry]) -> String {
             out += &format!(" ({})", by.join(", "));
         }
         out.push('\n');
+        if e.state == NOT_ANSWERING {
+            out += &format!("  the mount did not answer within {}s", probe::LIMIT.as_secs());
+            out += &match e.pid {
+                Some(pid) if is_stopped(pid) => format!(": onefs pid {pid} is stopped (kill -CONT {pid} resumes it)\n"),
+                Some(pid) => format!(": onefs pid {pid} is stuck, or waits for its store\n"),
+                None => ": its onefs is stopped or stuck\n".into(),
+            };
+        }
         if let (Some(size), Some(bs), Some(count), Some(blocks), Some(bytes)) =
             (e.size, e.block_size, e.block_count, e.blocks_stored, e.bytes_stored)
         {
@@ -197,6 +288,15 @@ pub fn render_text(entries: &[Entry]) -> String {
     out
 }
 
+/// Whether process `pid` is stopped (SIGSTOP, or a debugger).
+fn is_stopped(pid: u32) -> bool {
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+        .is_some_and(|state| state == 'T' || state == 't')
+}
+
 pub fn render_json(entries: &[Entry]) -> String {
     serde_json::to_string_pretty(entries).unwrap_or_else(|_| "[]".into()) + "\n"
 }
@@ -215,5 +315,17 @@ mod tests {
         let (blocks, bytes) = stored(dir.path(), "blk-").unwrap();
         assert_eq!(blocks, 2);
         assert!(bytes >= 12288, "{bytes}");
+    }
+
+    #[test]
+    fn a_mount_that_does_not_answer_says_so() {
+        let mut entry = describe_nothing(PathBuf::from("/s"));
+        entry.mountpoint = Some(PathBuf::from("/m"));
+        entry.state = NOT_ANSWERING.into();
+        entry.pid = Some(std::process::id());
+        let text = render_text(std::slice::from_ref(&entry));
+        assert!(text.starts_with("(no definition): not answering /s at /m"), "{text}");
+        assert!(text.contains("did not answer within 2s") && text.contains("is stuck"), "{text}");
+        assert!(render_json(&[entry]).contains("\"state\": \"not answering\""));
     }
 }

@@ -45,7 +45,16 @@ pub fn match_readahead(mountpoint: &Path, store: &Path) {
     fn read_kb(path: &str) -> Option<u64> {
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
-    let dev = |path: &Path| std::fs::metadata(path).ok().map(|m| (libc::major(m.dev()), libc::minor(m.dev())));
+    // The mount may have been covered by a stuck one since, and the store's
+    // disk may hang: ask with a time limit.
+    let dev = |path: &Path| {
+        let owned = path.to_path_buf();
+        crate::probe::ask(("dev", path.to_path_buf()), crate::probe::LIMIT, move || {
+            std::fs::metadata(&owned).ok().map(|m| (libc::major(m.dev()), libc::minor(m.dev())))
+        })
+        .ok()
+        .flatten()
+    };
     let Some((major, minor)) = dev(mountpoint) else { return };
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     let Some(current) = read_kb(&knob) else { return };

@@ -131,13 +131,7 @@ fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
     if !will_create && spec.remote.is_none() {
         crate::meta::Meta::load(&spec.store)?;
     }
-    let meta = std::fs::metadata(&spec.mountpoint)
-        .map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
-    if !meta.is_dir() {
-        anyhow::bail!("mountpoint {} is not a directory", spec.mountpoint.display());
-    }
-    let canonical =
-        spec.mountpoint.canonicalize().map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
+    let canonical = crate::mount::mountpoint_dir(&spec.mountpoint)?;
     if let Some(existing) = crate::mountinfo::mount_at(&canonical) {
         anyhow::bail!(
             "mountpoint {} is already a mount point ({} from {})",

@@ -100,18 +100,34 @@ pub fn request_reload(pid: u32, timeout: Duration) -> anyhow::Result<String> {
 /// The process serving `name` (from its store's lock), for `onefs reload NAME`.
 pub fn pid_serving(dir: &Path, name: &str) -> anyhow::Result<u32> {
     let def = Definition::load_named(dir, name)?;
-    let holder = crate::lock::holder(&def.store)
-        .ok_or_else(|| anyhow::anyhow!("{name}: store {} is not mounted by a running onefs", def.store.display()))?;
+    let store = def.store.clone();
+    let holder = crate::probe::ask(("holder", def.store.clone()), crate::probe::MOUNT_LIMIT, move || {
+        crate::lock::holder(&store)
+    })
+    .map_err(|why| anyhow::anyhow!("{name}: store {}: {why}", def.store.display()))?
+    .ok_or_else(|| anyhow::anyhow!("{name}: store {} is not mounted by a running onefs", def.store.display()))?;
     holder.pid.ok_or_else(|| anyhow::anyhow!("{name}: the lock of {} names no pid", def.store.display()))
 }
 
 /// `onefs cleanup`: clears dead mounts (ENOTCONN after a crash) at the
-/// definitions' mountpoints. Live mounts are left alone.
+/// definitions' mountpoints. Live mounts are left alone; one that does not
+/// answer is reported, and the others are still seen to.
 pub fn cleanup(defs: &[Definition]) -> anyhow::Result<()> {
+    let mut failed = vec![];
     for def in defs {
-        if crate::mount::clear_dead_mount(&def.mountpoint)? {
-            log::warn!("{}: cleared a dead mount at {} left by a crashed onefs", def.name, def.mountpoint.display());
+        match crate::mount::clear_dead_mount(&def.mountpoint) {
+            Ok(true) => {
+                log::warn!("{}: cleared a dead mount at {} left by a crashed onefs", def.name, def.mountpoint.display())
+            }
+            Ok(false) => {}
+            Err(err) => {
+                log::error!("{}: {err:#}", def.name);
+                failed.push(def.name.as_str());
+            }
         }
+    }
+    if !failed.is_empty() {
+        bail!("cleanup failed for {}", failed.join(", "));
     }
     Ok(())
 }
@@ -318,8 +334,14 @@ impl Service {
         Some(result)
     }
 
-    fn all_live(&self) -> bool {
-        self.active.values().all(|a| a.mounted.is_live())
+    /// Whether every mount answers statfs by `deadline`. The mounts are
+    /// asked at once; a stuck one is asked by one thread however often this
+    /// runs.
+    fn all_live(&self, deadline: Instant) -> bool {
+        for active in self.active.values() {
+            active.mounted.ask_if_live();
+        }
+        self.active.values().all(|a| a.mounted.is_live(deadline))
     }
 }
 
@@ -392,7 +414,9 @@ fn serve_loop(service: &mut Service, rx: &mpsc::Receiver<Event>) -> anyhow::Resu
         }
         let event = rx.recv_timeout(tick.saturating_sub(last_ping.elapsed()).max(Duration::from_millis(10)));
         if watchdog.is_some() && last_ping.elapsed() >= tick {
-            if service.all_live() {
+            // Never wait long: the loop also serves signals and reloads.
+            let deadline = Instant::now() + crate::probe::LIMIT.min(tick / 2);
+            if service.all_live(deadline) {
                 notify(&[NotifyState::Watchdog]);
             } else {
                 log::warn!("a mount does not answer statfs; holding back the watchdog ping");
