@@ -162,7 +162,7 @@ impl Readiness for ReadyPipe {
     }
     fn failed(&mut self, error: &anyhow::Error) {
         if let Some(mut pipe) = self.0.take() {
-            let _ = writeln!(pipe, "ERROR {error:#}");
+            let _ = writeln!(pipe, "ERROR {}", crate::errors::one_line(error));
         }
     }
 }
@@ -204,9 +204,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if detached {
-                log::error!("{err:#}");
+                log::error!("{}", crate::errors::one_line(&err));
             } else {
-                eprintln!("onefs: error: {err:#}");
+                eprintln!("onefs: error: {}", crate::errors::one_line(&err));
             }
             ExitCode::FAILURE
         }
@@ -218,7 +218,7 @@ pub fn main() -> ExitCode {
 fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCode> {
     use crate::service::{self, Source};
     let fail = |err: anyhow::Error| {
-        eprintln!("onefs: error: {err:#}");
+        eprintln!("onefs: error: {}", crate::errors::one_line(&err));
         ExitCode::FAILURE
     };
     let result = match &cli.command {
@@ -270,7 +270,7 @@ fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCod
     Some(match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            log::error!("{err:#}");
+            log::error!("{}", crate::errors::one_line(&err));
             ExitCode::FAILURE
         }
     })

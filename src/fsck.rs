@@ -122,7 +122,7 @@ pub fn command(store: &Path, repair: bool) -> i32 {
             if report.remaining() == 0 { EXIT_CLEAN } else { EXIT_PROBLEMS }
         }
         Err(err) => {
-            eprintln!("onefs: error: {err:#}");
+            eprintln!("onefs: error: {}", crate::errors::one_line(&err));
             EXIT_ERROR
         }
     }

@@ -6,15 +6,38 @@ mod common;
 use common::*;
 use std::fs;
 use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Runs onefs expecting failure; returns its single stderr line.
 fn refused(args: &[&str]) -> String {
-    let out = onefs(args);
+    refused_by(Command::new(onefs_bin()).args(args), "onefs")
+}
+
+/// Runs `command` (onefs, or the mount helper called `program`) expecting
+/// failure, quickly, in one stderr line that says so; returns that line.
+fn refused_by(command: &mut Command, program: &str) -> String {
+    let started = Instant::now();
+    let out = command.output().expect("run onefs");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "onefs {args:?} succeeded");
-    assert_eq!(err.trim_end().lines().count(), 1, "onefs {args:?}: expected one line, got:\n{err}");
-    assert!(err.starts_with("onefs: error: "), "{err}");
+    assert!(!out.status.success(), "{command:?} succeeded");
+    assert_eq!(err.trim_end().lines().count(), 1, "{command:?}: expected one line, got:\n{err}");
+    assert!(err.starts_with(&format!("{program}: error: ")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{command:?} took {:?} to refuse", started.elapsed());
+    assert_says_each_thing_once(&err);
     err
+}
+
+/// No cause or subject said twice: each `: `-separated part that is more
+/// than a word appears once, and so does an OS error.
+fn assert_says_each_thing_once(err: &str) {
+    assert!(err.matches("(os error").count() <= 1, "{err:?} repeats its cause");
+    let parts: Vec<&str> = err.trim_end().split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        if part.len() > 8 && part.contains(' ') {
+            assert!(!parts[i + 1..].contains(part), "{err:?} says {part:?} twice");
+        }
+    }
 }
 
 fn assert_mentions(err: &str, parts: &[&str]) {
@@ -148,4 +171,48 @@ fn mount_refuses_bad_mountpoints_and_options() {
     assert_mentions(&err, &["mode=99x"]);
     let err = refused(&["mount", "-o", "io_uring=maybe", store.to_str().unwrap(), mnt.to_str().unwrap()]);
     assert_mentions(&err, &["io_uring=maybe", "auto, on, off"]);
+}
+
+/// Failing commands name the cause once, in one line.
+#[test]
+fn failing_commands_say_each_cause_once() {
+    let s = Scratch::new();
+    let store = good_store(&s);
+    let mnt = s.dir("mnt");
+    let file = s.path("file");
+    fs::write(&file, b"x").unwrap();
+    let (st, mn, fl) = (store.to_str().unwrap(), mnt.to_str().unwrap(), file.to_str().unwrap());
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["fsck", "/nonexistent"], &["/nonexistent", "No such file"]),
+        (&["fsck", fl], &[fl, "Not a directory"]),
+        (&["mount", "/nonexistent", mn], &["store /nonexistent", "No such file"]),
+        (&["create", "--size", "8M", fl], &[fl, "not a directory"]),
+    ];
+    for (args, expect) in cases {
+        let err = refused(args);
+        assert_mentions(&err, expect);
+    }
+
+    // A store whose directory cannot be listed, mounted by a user: the
+    // cause used to be said twice.
+    fs::set_permissions(s.path(""), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o333)).unwrap();
+    fs::set_permissions(&mnt, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let err = refused_by(
+        Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            onefs_bin(),
+            "mount",
+            "-f",
+            "-o",
+            "io_uring=off",
+            st,
+            mn,
+        ]),
+        "onefs",
+    );
+    assert_mentions(&err, &[st, "Permission denied"]);
+    fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
 }

@@ -174,7 +174,7 @@ pub fn main(program: &str, args: Vec<OsString>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("{program}: error: {err:#}");
+            eprintln!("{program}: error: {}", crate::errors::one_line(&err));
             ExitCode::from(EXIT_FAILURE)
         }
     }
