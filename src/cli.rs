@@ -315,6 +315,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bail!("internal error: service commands are handled by service_command")
         }
         Commands::Mount { foreground, options, ready_fd, definition_file, store, mountpoint } => {
+            let what = if definition_file.is_some() { "cache directory" } else { "store" };
+            crate::paths::check_resolved(what, &store)?;
+            crate::paths::check_resolved("mountpoint", &mountpoint)?;
             let options = MountOptions::parse(&options).map_err(|e| anyhow::anyhow!("-o: {e}"))?;
             let remote = match &definition_file {
                 Some(file) => config::Definition::load(file, None)?.remote,

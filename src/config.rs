@@ -204,6 +204,9 @@ impl<'a, 't> Table<'a, 't> {
         if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(self.error(span, key, format!("{text:?} contains \"..\"")));
         }
+        if let Some(why) = crate::paths::problem(&path) {
+            return Err(self.error(span, key, format!("{text:?} {why}; use a path without control characters")));
+        }
         Ok(path)
     }
 

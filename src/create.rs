@@ -9,6 +9,7 @@ use std::path::Path;
 
 pub fn create(store: &Path, size: u64, block_size: u64) -> anyhow::Result<Meta> {
     let geometry = Geometry::new(size, block_size).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::paths::check_resolved("store", store)?;
     match fs::symlink_metadata(store) {
         Ok(meta) if meta.is_dir() => {
             let mut entries = fs::read_dir(store).with_context(|| format!("{}: cannot list", store.display()))?;

@@ -25,6 +25,7 @@ pub mod meta;
 pub mod mount;
 pub mod mountinfo;
 pub mod options;
+pub mod paths;
 pub mod service;
 pub mod status;
 pub mod store;

@@ -4,8 +4,10 @@
 mod common;
 
 use common::*;
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,14 @@ fn assert_says_each_thing_once(err: &str) {
             assert!(!parts[i + 1..].contains(part), "{err:?} says {part:?} twice");
         }
     }
+}
+
+fn os(bytes: &[u8]) -> &OsStr {
+    OsStr::from_bytes(bytes)
+}
+
+fn path_with(dir: &Path, name: &[u8]) -> PathBuf {
+    dir.join(os(name))
 }
 
 fn assert_mentions(err: &str, parts: &[&str]) {
@@ -215,4 +225,146 @@ fn failing_commands_say_each_cause_once() {
     );
     assert_mentions(&err, &[st, "Permission denied"]);
     fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+}
+
+/// Paths onefs would have to write into one-line records (mountinfo, the
+/// lock file, logs) are refused before anything is created or mounted.
+#[test]
+fn paths_that_are_not_utf8_or_hold_control_characters_are_refused_up_front() {
+    let s = Scratch::new();
+    let store = good_store(&s);
+    let mnt = s.dir("mnt");
+    for name in [&b"new\nstore"[..], b"new\tstore", b"new\x1bstore", b"new\xffstore"] {
+        let bad = path_with(&s.path(""), name);
+        let err = refused_by(Command::new(onefs_bin()).args(["create", "--size", "8M"]).arg(&bad), "onefs");
+        assert_mentions(&err, &["store \"", "new", "onefs accepts only UTF-8 paths without control characters"]);
+        assert!(!bad.exists(), "a refused create made {bad:?}");
+    }
+    // Nothing makes the daemon wait for a mount it could never see.
+    let before = snapshot(&store);
+    for name in [&b"m\nnt"[..], b"m\xffnt"] {
+        let bad_mnt = path_with(&s.path(""), name);
+        fs::create_dir(&bad_mnt).unwrap();
+        let err = refused_by(Command::new(onefs_bin()).arg("mount").arg(&store).arg(&bad_mnt), "onefs");
+        assert_mentions(&err, &["mountpoint \"", "onefs accepts only UTF-8 paths"]);
+        let err =
+            refused_by(Command::new(onefs_bin()).args(["mount", "--foreground"]).arg(&store).arg(&bad_mnt), "onefs");
+        assert_mentions(&err, &["mountpoint \""]);
+        assert!(!is_mountpoint(&bad_mnt));
+    }
+    assert_eq!(snapshot(&store), before);
+    // A store under such a name (made by hand, or by an older onefs).
+    let odd_store = path_with(&s.path(""), b"st\xffore");
+    fs::create_dir(&odd_store).unwrap();
+    fs::copy(store.join("onefs.json"), odd_store.join("onefs.json")).unwrap();
+    let before = snapshot(&odd_store);
+    let err = refused_by(Command::new(onefs_bin()).arg("mount").arg(&odd_store).arg(&mnt), "onefs");
+    assert_mentions(&err, &["store \"", "st\\xFFore\" is not UTF-8"]);
+    assert_eq!(snapshot(&odd_store), before);
+    assert!(!is_mountpoint(&mnt));
+
+    // What the path resolves to counts: a symlink, or the working directory.
+    let odd_dir = path_with(&s.path(""), b"dir\nname");
+    fs::create_dir(&odd_dir).unwrap();
+    let link = s.path("link");
+    std::os::unix::fs::symlink(&odd_dir, &link).unwrap();
+    let err = refused(&["create", "--size", "8M", link.join("store").to_str().unwrap()]);
+    assert_mentions(&err, &["resolves to", "dir\\nname/store\", which contains a newline"]);
+    assert!(!odd_dir.join("store").exists());
+    let err =
+        refused_by(Command::new(onefs_bin()).args(["create", "--size", "8M", "store"]).current_dir(&odd_dir), "onefs");
+    assert_mentions(&err, &["store \"store\" resolves to", "which contains a newline"]);
+    assert!(!odd_dir.join("store").exists());
+}
+
+#[test]
+fn definitions_and_the_mount_helper_refuse_such_paths_too() {
+    let s = Scratch::new();
+    let store = good_store(&s);
+    let mnt = s.dir("mnt");
+    let conf = s.dir("conf");
+    let base = s.path("");
+    let b = base.to_str().unwrap().trim_end_matches('/');
+    // TOML escapes: the file is plain text, the paths are not.
+    let cases = [
+        (
+            format!("store = \"{b}/a\\nb\"\nmountpoint = \"{b}/m\"\n"),
+            "data.toml:1: key `store`: ",
+            "a\\nb\" contains a newline",
+        ),
+        (
+            format!("store = \"{b}/s\"\nmountpoint = \"{b}/m\\t1\"\n"),
+            "data.toml:2: key `mountpoint`: ",
+            "m\\t1\" contains a tab",
+        ),
+        (
+            format!(
+                "mountpoint = \"{b}/m\"\n[backend]\ntype = \"dir\"\npath = \"{b}/o\"\n[cache]\ndir = \"{b}/\\u001b\"\n"
+            ),
+            "data.toml:6: key `cache.dir`: ",
+            "/\\u{1b}\" contains the control character U+001B",
+        ),
+        (
+            format!(
+                "mountpoint = \"{b}/m\"\n[backend]\ntype = \"dir\"\npath = \"{b}/o\\r\"\n[cache]\ndir = \"{b}/c\"\n"
+            ),
+            "data.toml:4: key `backend.path`: ",
+            "o\\r\" contains a carriage return",
+        ),
+    ];
+    let file = conf.join("data.toml");
+    let conf_s = conf.to_str().unwrap();
+    for (text, at, why) in &cases {
+        fs::write(&file, text).unwrap();
+        let before = snapshot(&base);
+        let err = refused(&["create", "--size", "8M", "--definition", "data", "--config-dir", conf_s]);
+        assert_mentions(&err, &[at, why]);
+        let err = refused(&["run", "data", "--config-dir", conf_s]);
+        assert_mentions(&err, &[at, why]);
+        assert_eq!(snapshot(&base), before, "a refused definition made something");
+    }
+
+    let helper = s.path("mount.fuse.onefs");
+    std::os::unix::fs::symlink(onefs_bin(), &helper).unwrap();
+    let run = |src: &OsStr, mountpoint: &OsStr, extra: &[&str]| {
+        let mut command = Command::new(&helper);
+        command.arg(src).arg(mountpoint).args(extra).env("ONEFS_CONFIG_DIR", &conf);
+        let err = refused_by(&mut command, "mount.fuse.onefs");
+        assert_eq!(command.output().unwrap().status.code(), Some(32), "mount(8)'s failure status");
+        err
+    };
+    let bad_mnt = path_with(&base, b"m\nnt");
+    fs::create_dir(&bad_mnt).unwrap();
+    let before = snapshot(&store);
+    for extra in [&[][..], &["-f"]] {
+        let err = run(store.as_os_str(), bad_mnt.as_os_str(), extra);
+        assert_mentions(&err, &["mountpoint \"", "m\\nnt\" contains a newline"]);
+        // Read lossily, this would have been another path.
+        let odd: OsString = [store.as_os_str(), os(b"\xff")].into_iter().collect();
+        let err = run(&odd, mnt.as_os_str(), extra);
+        assert_mentions(&err, &["\\xFF\" is not UTF-8"]);
+    }
+    fs::write(&file, &cases[0].0).unwrap();
+    let err = run(OsStr::new("data"), mnt.as_os_str(), &[]);
+    assert_mentions(&err, &["key `store`", "contains a newline"]);
+    assert_eq!(snapshot(&store), before);
+    assert!(!is_mountpoint(&mnt) && !is_mountpoint(&bad_mnt));
+}
+
+/// Spaces are escaped in mountinfo (`\040`) and come back exactly: such a
+/// store mounts, and a second mount is refused at once, naming the first.
+#[test]
+fn paths_with_spaces_mount_and_are_named_right() {
+    let s = Scratch::new();
+    let store = s.path("my store");
+    create(&store, "8M", "1M");
+    let mnt = s.dir("my mount point");
+    let mounted = OnefsMount::new(&store, &mnt, &[]);
+    assert!(mounted.disk().exists());
+    let other = s.dir("other place");
+    let err = refused(&["mount", store.to_str().unwrap(), other.to_str().unwrap()]);
+    assert_mentions(&err, &["my store is already mounted at", "my mount point by onefs pid"]);
+    let err = refused(&["mount", store.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_mentions(&err, &["my mount point is already a mount point", "my store"]);
+    mounted.unmount();
 }

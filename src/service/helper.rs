@@ -100,6 +100,11 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
         None if Path::new(&args.source).is_absolute() => PathBuf::from(&args.source),
         None => anyhow::bail!("store path {:?} is not absolute", args.source),
     };
+    crate::paths::check_resolved(
+        if def.as_ref().is_some_and(|d| d.remote.is_some()) { "cache directory" } else { "store" },
+        &store,
+    )?;
+    crate::paths::check_resolved("mountpoint", &args.mountpoint)?;
     let mut items: Vec<String> = vec![];
     if let Some(def) = &def {
         items.push(crate::cli::options_text(&def.spec()));
@@ -150,6 +155,12 @@ fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
 }
 
 pub fn main(program: &str, args: Vec<OsString>) -> ExitCode {
+    // Refused before anything else: read lossily, such a path would be
+    // another path.
+    if let Some(bad) = args.iter().find(|a| a.to_str().is_none()) {
+        eprintln!("{program}: error: argument {bad:?} is not UTF-8; onefs accepts only UTF-8 paths");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let args: Vec<String> = args.into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
