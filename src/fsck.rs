@@ -12,7 +12,7 @@
 use crate::core::Geometry;
 use crate::core::size::{Approx, Size};
 use crate::lock::{LOCK_FILE, StoreLock};
-use crate::meta::{META_FILE, Meta};
+use crate::meta::META_FILE;
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
@@ -140,7 +140,7 @@ enum Entry {
 /// the store could not be checked at all (no store, damaged `onefs.json`,
 /// mounted, unreadable directory).
 pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
-    let meta = Meta::load(store)?;
+    let meta = crate::create::load_meta(store)?;
     let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.join(META_FILE).display()))?;
     let _lock = StoreLock::try_acquire_for_fsck(store, options.repair)?;
     let read_dir = fs::read_dir(store).map_err(|e| anyhow::anyhow!("{}: {e}", store.display()))?;

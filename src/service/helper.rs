@@ -131,10 +131,9 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
 
 /// `-f`: everything a mount would check, changing nothing.
 fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
-    let will_create = def.is_some_and(|d| d.create.is_some())
-        && std::fs::read_dir(&spec.store).map(|mut e| e.next().is_none()).unwrap_or(true);
+    let will_create = def.is_some_and(|d| d.create.is_some()) && crate::create::holds_nothing(&spec.store)?;
     if !will_create && spec.remote.is_none() {
-        crate::meta::Meta::load(&spec.store)?;
+        crate::create::load_meta(&spec.store)?;
     }
     let meta = std::fs::metadata(&spec.mountpoint)
         .map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", spec.mountpoint.display()))?;
