@@ -68,29 +68,47 @@ pub fn holds_nothing(store: &Path) -> anyhow::Result<bool> {
 
 pub fn create(store: &Path, size: u64, block_size: u64) -> anyhow::Result<Meta> {
     let geometry = Geometry::new(size, block_size).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::paths::check_resolved("store", store)?;
-    match fs::symlink_metadata(store) {
-        Ok(meta) if meta.is_dir() => match contents(store) {
-            Ok(Contents::Empty | Contents::Absent) => {}
-            Ok(Contents::Leftover) => clear_leftover(store, store)?,
-            Ok(Contents::Other(name)) => bail!(
-                "{}: store is not empty (it holds {name:?}); onefs creates images only in an empty directory",
-                store.display()
-            ),
-            Err(e) => bail!("{}: cannot list: {e}", store.display()),
-        },
+    // Where the image goes: through a symlink to its target, as a mount
+    // would resolve it. Judged before anything is made.
+    let target = crate::paths::check_resolved("store", store)?;
+    let is_link = fs::symlink_metadata(store).is_ok_and(|m| m.file_type().is_symlink());
+    match fs::metadata(store) {
+        Ok(meta) if meta.is_dir() => {
+            match contents(&target) {
+                Ok(Contents::Empty | Contents::Absent) => {}
+                Ok(Contents::Leftover) => clear_leftover(store, &target)?,
+                Ok(Contents::Other(name)) => bail!(
+                    "{}: store is not empty (it holds {name:?}); onefs creates images only in an empty directory",
+                    store.display()
+                ),
+                Err(e) => bail!("{}: cannot list: {e}", store.display()),
+            }
+            if is_link {
+                log::info!("{} is a symlink: creating the image in {}", store.display(), target.display());
+            }
+        }
+        Ok(_) if is_link => {
+            bail!("{}: leads to {}, which is not a directory", store.display(), target.display())
+        }
         Ok(_) => bail!("{}: exists and is not a directory", store.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if is_link && let Ok(link) = fs::read_link(store) {
+                bail!(
+                    "{}: is a symlink to {}, which does not exist; make that directory or give its path",
+                    store.display(),
+                    link.display()
+                );
+            }
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(store)
+                .create(&target)
                 .map_err(|e| anyhow::anyhow!("{}: cannot create store directory: {e}", store.display()))?;
         }
         Err(e) => bail!("{}: {e}", store.display()),
     }
     let meta = Meta::new(&geometry);
-    meta.write_new(store).map_err(|e| anyhow::anyhow!("cannot write image description: {e}"))?;
+    meta.write_new(&target).map_err(|e| anyhow::anyhow!("cannot write image description: {e}"))?;
     Ok(meta)
 }
 
@@ -167,5 +185,23 @@ mod tests {
         let meta = create(&store, 1 << 30, 4 << 20).unwrap();
         assert!(!store.join(leftover_name()).exists());
         assert_eq!(load_meta(&store).unwrap(), meta);
+    }
+
+    #[test]
+    fn creates_through_a_symlink_in_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        create(&link, 1 << 30, 4 << 20).unwrap();
+        assert!(target.join(META_FILE).is_file());
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("absent"), &dangling).unwrap();
+        let err = create(&dangling, 1 << 30, 4 << 20).unwrap_err().to_string();
+        assert!(err.contains("symlink") && err.contains("does not exist"), "{err}");
+        assert!(!dir.path().join("absent").exists());
     }
 }

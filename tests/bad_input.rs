@@ -437,3 +437,28 @@ fn a_create_killed_before_onefs_json_is_in_place_is_recovered() {
     let out = onefs(&["fsck", store.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn create_goes_through_a_symlink_as_mount_does_and_refuses_a_dangling_one() {
+    let s = Scratch::new();
+    let target = s.dir("target");
+    let link = s.path("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    create(&link, "8M", "1M");
+    assert!(target.join("onefs.json").is_file() && fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let mnt = s.dir("mnt");
+    OnefsMount::new(&link, &mnt, &[]).unmount();
+
+    let dangling = s.path("dangling");
+    std::os::unix::fs::symlink(s.path("absent"), &dangling).unwrap();
+    let err = refused(&["create", "--size", "8M", dangling.to_str().unwrap()]);
+    assert_mentions(&err, &[dangling.to_str().unwrap(), "is a symlink to", "absent, which does not exist"]);
+    assert!(!s.path("absent").exists());
+    let file = s.path("file");
+    fs::write(&file, b"x").unwrap();
+    let to_file = s.path("to-file");
+    std::os::unix::fs::symlink(&file, &to_file).unwrap();
+    let err = refused(&["create", "--size", "8M", to_file.to_str().unwrap()]);
+    assert_mentions(&err, &["to-file: leads to", "which is not a directory"]);
+    assert_eq!(fs::read(&file).unwrap(), b"x");
+}
