@@ -462,3 +462,30 @@ fn create_goes_through_a_symlink_as_mount_does_and_refuses_a_dangling_one() {
     assert_mentions(&err, &["to-file: leads to", "which is not a directory"]);
     assert_eq!(fs::read(&file).unwrap(), b"x");
 }
+
+#[test]
+fn bounds_are_named_the_right_way_round() {
+    let s = Scratch::new();
+    let store = s.path("store");
+    let st = store.to_str().unwrap();
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("8E", "1G", &["size 8E is too large: the largest image is 4E (4294967296 blocks of 1G)"]),
+        ("17T", "4K", &["too large for blocks of 4K", "use blocks of 8K or larger"]),
+        ("4K", "8K", &["size 4K is smaller than one block (8K)"]),
+        ("1G", "0", &["--block-size", "block size 0 is out of range (4K to 1G)"]),
+    ];
+    for (size, block_size, expect) in cases {
+        let err = refused(&["create", "--size", size, "--block-size", block_size, st]);
+        assert_mentions(&err, expect);
+        assert!(!store.exists());
+    }
+    // A description naming blocks wider than any block number.
+    let store = good_store(&s);
+    let mnt = s.dir("mnt");
+    let meta = store.join("onefs.json");
+    let text = fs::read_to_string(&meta).unwrap();
+    fs::write(&meta, text.replace("\"width\": 5", "\"width\": 21")).unwrap();
+    refuse_mount(&store, &mnt, &["block name width 21 is too large (at most 20 digits)"]);
+    fs::write(&meta, text.replace("\"width\": 5", "\"width\": 4")).unwrap();
+    refuse_mount(&store, &mnt, &["block name width 4 is too small for 8 blocks (they need 5 digits)"]);
+}
