@@ -435,7 +435,12 @@ impl Definition {
     pub fn load(file: &Path, name: Option<&str>) -> Result<Self, ConfigError> {
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = name.unwrap_or(&stem);
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError(format!("{}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                ConfigError(format!("no definition {name}: {} does not exist", file.display()))
+            }
+            _ => ConfigError(format!("{}: {e}", file.display())),
+        })?;
         Self::parse(&text, file, name)
     }
 

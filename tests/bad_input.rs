@@ -195,14 +195,26 @@ fn failing_commands_say_each_cause_once() {
     let file = s.path("file");
     fs::write(&file, b"x").unwrap();
     let empty = s.dir("empty");
-    let (st, mn, fl, em) =
-        (store.to_str().unwrap(), mnt.to_str().unwrap(), file.to_str().unwrap(), empty.to_str().unwrap());
+    let conf = s.dir("conf");
+    let (st, mn, fl, em, cf) = (
+        store.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+        file.to_str().unwrap(),
+        empty.to_str().unwrap(),
+        conf.to_str().unwrap(),
+    );
     let cases: &[(&[&str], &[&str])] = &[
         (&["fsck", "/nonexistent"], &["store /nonexistent does not exist"]),
         (&["fsck", fl], &[fl, "is not a directory"]),
         (&["fsck", em], &[em, "empty directory", "onefs create"]),
         (&["mount", "/nonexistent", mn], &["store /nonexistent", "No such file"]),
         (&["mount", em, mn], &["empty directory", "onefs create"]),
+        (&["status", "nosuch", "--config-dir", cf], &["no definition nosuch", "nosuch.toml does not exist"]),
+        (&["run", "nosuch", "--config-dir", cf], &["no definition nosuch"]),
+        (&["create", "--size", "8M", "--definition", "nosuch", "--config-dir", cf], &["no definition nosuch"]),
+        (&["reload", "nosuch", "--config-dir", cf], &["no definition nosuch"]),
+        (&["break-lock", "nosuch", "--config-dir", cf], &["no definition nosuch"]),
+        (&["create", "--size", "8M", "--config", &format!("{cf}/absent.toml")], &["no definition absent"]),
         (&["create", "--size", "8M", fl], &[fl, "not a directory"]),
     ];
     for (args, expect) in cases {
