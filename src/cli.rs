@@ -167,7 +167,7 @@ impl Readiness for ReadyPipe {
     }
     fn failed(&mut self, error: &anyhow::Error) {
         if let Some(mut pipe) = self.0.take() {
-            let _ = writeln!(pipe, "ERROR {error:#}");
+            let _ = writeln!(pipe, "ERROR {}", crate::errors::one_line(error));
         }
     }
 }
@@ -209,9 +209,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if detached {
-                log::error!("{err:#}");
+                log::error!("{}", crate::errors::one_line(&err));
             } else {
-                eprintln!("onefs: error: {err:#}");
+                eprintln!("onefs: error: {}", crate::errors::one_line(&err));
             }
             ExitCode::FAILURE
         }
@@ -223,7 +223,7 @@ pub fn main() -> ExitCode {
 fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCode> {
     use crate::service::{self, Source};
     let fail = |err: anyhow::Error| {
-        eprintln!("onefs: error: {err:#}");
+        eprintln!("onefs: error: {}", crate::errors::one_line(&err));
         ExitCode::FAILURE
     };
     let result = match &cli.command {
@@ -275,7 +275,7 @@ fn service_command(cli: &Cli, level: Option<log::LevelFilter>) -> Option<ExitCod
     Some(match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            log::error!("{err:#}");
+            log::error!("{}", crate::errors::one_line(&err));
             ExitCode::FAILURE
         }
     })
@@ -320,6 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bail!("internal error: service commands are handled by service_command")
         }
         Commands::Mount { foreground, options, ready_fd, definition_file, store, mountpoint } => {
+            let what = if definition_file.is_some() { "cache directory" } else { "store" };
+            crate::paths::check_resolved(what, &store)?;
+            crate::paths::check_resolved("mountpoint", &mountpoint)?;
             let options = MountOptions::parse(&options).map_err(|e| anyhow::anyhow!("-o: {e}"))?;
             let remote = match &definition_file {
                 Some(file) => config::Definition::load(file, None)?.remote,

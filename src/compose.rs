@@ -100,7 +100,7 @@ impl Backing {
 
     pub fn meta(&self) -> anyhow::Result<Meta> {
         match self {
-            Backing::Dir { store } => Ok(Meta::load(store)?),
+            Backing::Dir { store } => crate::create::load_meta(store),
             Backing::Remote { backend, .. } => load_meta(&**backend),
         }
     }

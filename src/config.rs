@@ -204,6 +204,9 @@ impl<'a, 't> Table<'a, 't> {
         if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(self.error(span, key, format!("{text:?} contains \"..\"")));
         }
+        if let Some(why) = crate::paths::problem(&path) {
+            return Err(self.error(span, key, format!("{text:?} {why}; use a path without control characters")));
+        }
         Ok(path)
     }
 
@@ -432,7 +435,12 @@ impl Definition {
     pub fn load(file: &Path, name: Option<&str>) -> Result<Self, ConfigError> {
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = name.unwrap_or(&stem);
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError(format!("{}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                ConfigError(format!("no definition {name}: {} does not exist", file.display()))
+            }
+            _ => ConfigError(format!("{}: {e}", file.display())),
+        })?;
         Self::parse(&text, file, name)
     }
 
@@ -487,12 +495,8 @@ impl Definition {
         if let Some(remote) = &self.remote {
             return crate::compose::create_if_empty(&remote.backend, create.size, create.block_size, &self.name);
         }
-        let empty = match std::fs::read_dir(&self.store) {
-            Ok(mut entries) => entries.next().is_none(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            Err(e) => anyhow::bail!("store {}: {e}", self.store.display()),
-        };
-        if !empty {
+        // An absent or empty store, or one an interrupted create left.
+        if !crate::create::holds_nothing(&self.store)? {
             if let Ok(meta) = crate::meta::Meta::load(&self.store)
                 && (meta.size != create.size || meta.block_size != create.block_size)
             {
@@ -753,6 +757,19 @@ block_size = "4M"
         assert_eq!((bad[0].0.as_str(), bad[1].0.as_str()), ("b", "c"));
         assert!(bad[0].1.0.contains("b.toml:1: missing required key `mountpoint`"), "{bad:?}");
         assert!(bad[1].1.0.contains("c.toml: store /s/a is already used by"), "{bad:?}");
+    }
+
+    #[test]
+    fn create_section_recovers_a_store_an_interrupted_create_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join(crate::create::leftover_name()), b"{").unwrap();
+        let text = format!("store = {:?}\nmountpoint = \"/m\"\n[create]\nsize = \"8M\"\n", store.to_str().unwrap());
+        let def = parse(&text).unwrap();
+        assert!(def.create_if_empty().unwrap(), "a leftover alone counts as empty");
+        assert!(crate::meta::Meta::load(&store).is_ok() && !store.join(crate::create::leftover_name()).exists());
+        assert!(!def.create_if_empty().unwrap(), "an image is never made twice");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use crate::core::Geometry;
 use crate::core::size::{Approx, Size};
 use crate::lock::{LOCK_FILE, StoreLock};
-use crate::meta::{META_FILE, Meta};
+use crate::meta::META_FILE;
 use crate::store::confined::{Access, ConfinedDir, Kind};
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
@@ -125,7 +125,7 @@ pub fn command(store: &Path, repair: bool) -> i32 {
             if report.remaining() == 0 { EXIT_CLEAN } else { EXIT_PROBLEMS }
         }
         Err(err) => {
-            eprintln!("onefs: error: {err:#}");
+            eprintln!("onefs: error: {}", crate::errors::one_line(&err));
             EXIT_ERROR
         }
     }
@@ -143,7 +143,7 @@ enum Entry {
 /// the store could not be checked at all (no store, damaged `onefs.json`,
 /// mounted, unreadable directory).
 pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
-    let meta = Meta::load(store)?;
+    let meta = crate::create::load_meta(store)?;
     let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.join(META_FILE).display()))?;
     let _lock = StoreLock::try_acquire_for_fsck(store, options.repair)?;
     let dir = ConfinedDir::open(store)?;

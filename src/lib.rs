@@ -26,6 +26,7 @@ pub mod meta;
 pub mod mount;
 pub mod mountinfo;
 pub mod options;
+pub mod paths;
 pub mod probe;
 pub mod service;
 pub mod status;

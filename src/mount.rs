@@ -305,6 +305,9 @@ impl Mounted {
     /// mountinfo and answering statfs with the FUSE magic). `on_end` runs on
     /// a background thread when the FUSE session has ended.
     pub fn start(spec: &MountSpec, on_end: Box<dyn FnOnce() + Send>) -> anyhow::Result<Self> {
+        // Paths that mountinfo and the lock file could not hold as one line.
+        crate::paths::check_resolved(if spec.remote.is_some() { "cache directory" } else { "store" }, &spec.store)?;
+        crate::paths::check_resolved("mountpoint", &spec.mountpoint)?;
         // Whether to ask for io_uring at INIT. Once the kernel agrees it holds
         // every request until the queues are registered, so first make sure
         // this process can set up a ring at all (kernel.io_uring_disabled,

@@ -70,7 +70,7 @@ fn describe(store: PathBuf) -> Entry {
         entry.cache = crate::store::cache::read_stats(&entry.store);
         return entry;
     }
-    match crate::meta::Meta::load(&entry.store) {
+    match crate::create::load_meta(&entry.store) {
         Ok(meta) => {
             entry.size = Some(meta.size);
             entry.block_size = Some(meta.block_size);
@@ -83,7 +83,7 @@ fn describe(store: PathBuf) -> Entry {
                 Err(err) => entry.error = Some(format!("{}: {err}", entry.store.display())),
             }
         }
-        Err(err) => entry.error = Some(err.to_string()),
+        Err(err) => entry.error = Some(crate::errors::one_line(&err)),
     }
     entry
 }

@@ -111,7 +111,11 @@ impl Retry {
                 }
                 Err(Failure::Transient(e)) => {
                     let wait = self.delay(n);
-                    log::warn!("{}: {e}; retrying in {} ms", what(), wait.as_millis());
+                    log::warn!(
+                        "{}; retrying in {} ms",
+                        crate::errors::in_context(&what(), &e.to_string()),
+                        wait.as_millis()
+                    );
                     std::thread::sleep(wait);
                     n += 1;
                 }

@@ -13,20 +13,53 @@ pub const MAX_BLOCK_COUNT: u64 = 1 << 32;
 pub const MIN_NAME_WIDTH: usize = 5;
 pub const BLOCK_PREFIX: &str = "blk-";
 
+/// Widest block names: every u64 block number fits in 20 digits.
+pub const MAX_NAME_WIDTH: usize = 20;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GeometryError {
-    #[error("block size {0} is not a power of two")]
+    #[error("block size {0} is not a power of two (4K, 8K, 16K, ... up to 1G)")]
     BlockSizeNotPowerOfTwo(u64),
     #[error("block size {} is out of range (4K to 1G)", Size(*.0))]
     BlockSizeOutOfRange(u64),
     #[error("size must be positive")]
     ZeroSize,
-    #[error("size {} is not a multiple of the block size {}", Size(*.0), Size(*.1))]
+    #[error("{}", not_multiple(*.0, *.1))]
     NotMultiple(u64, u64),
-    #[error("size {} is too large: {} blocks of {} exceed the limit of {} blocks (use larger blocks)", Size(*.0), .0 / .1, Size(*.1), MAX_BLOCK_COUNT)]
+    #[error("{}", too_many_blocks(*.0, *.1))]
     TooManyBlocks(u64, u64),
-    #[error("block name width {0} is too small for {1} blocks")]
-    NameWidth(usize, u64),
+    #[error("block name width {0} is too small for {1} blocks (they need {2} digits)")]
+    NameWidthTooSmall(usize, u64, usize),
+    #[error("block name width {0} is too large (at most {MAX_NAME_WIDTH} digits)")]
+    NameWidthTooLarge(usize),
+}
+
+fn not_multiple(size: u64, block_size: u64) -> String {
+    if size < block_size {
+        format!("size {} is smaller than one block ({})", Size(size), Size(block_size))
+    } else {
+        format!("size {} is not a multiple of the block size {}", Size(size), Size(block_size))
+    }
+}
+
+/// Says how to fit: larger blocks when there are any, else the largest image.
+fn too_many_blocks(size: u64, block_size: u64) -> String {
+    let needed = size.div_ceil(MAX_BLOCK_COUNT).max(MIN_BLOCK_SIZE).checked_next_power_of_two();
+    match needed.filter(|&b| b <= MAX_BLOCK_SIZE) {
+        Some(needed) => format!(
+            "size {} is too large for blocks of {}: {} blocks exceed the limit of {MAX_BLOCK_COUNT} (use blocks of {} or larger)",
+            Size(size),
+            Size(block_size),
+            size / block_size,
+            Size(needed)
+        ),
+        None => format!(
+            "size {} is too large: the largest image is {} ({MAX_BLOCK_COUNT} blocks of {})",
+            Size(size),
+            Size(MAX_BLOCK_COUNT * MAX_BLOCK_SIZE),
+            Size(MAX_BLOCK_SIZE)
+        ),
+    }
 }
 
 impl GeometryError {
@@ -74,18 +107,21 @@ impl Geometry {
     /// Geometry as recorded in an existing image's metadata.
     pub fn with_name_width(size: u64, block_size: u64, name_width: usize) -> Result<Self, GeometryError> {
         let geometry = Self::new(size, block_size)?;
-        if name_width < geometry.name_width || name_width > 20 {
-            return Err(GeometryError::NameWidth(name_width, geometry.block_count()));
+        if name_width > MAX_NAME_WIDTH {
+            return Err(GeometryError::NameWidthTooLarge(name_width));
+        }
+        if name_width < geometry.name_width {
+            return Err(GeometryError::NameWidthTooSmall(name_width, geometry.block_count(), geometry.name_width));
         }
         Ok(Self { name_width, ..geometry })
     }
 
     fn check(size: u64, block_size: u64) -> Result<(), GeometryError> {
-        if !block_size.is_power_of_two() {
-            return Err(GeometryError::BlockSizeNotPowerOfTwo(block_size));
-        }
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
             return Err(GeometryError::BlockSizeOutOfRange(block_size));
+        }
+        if !block_size.is_power_of_two() {
+            return Err(GeometryError::BlockSizeNotPowerOfTwo(block_size));
         }
         if size == 0 {
             return Err(GeometryError::ZeroSize);
@@ -178,6 +214,28 @@ mod tests {
         assert_eq!(Geometry::new(0, 4 * M), Err(GeometryError::ZeroSize));
         assert_eq!(Geometry::new(5 * M, 4 * M), Err(GeometryError::NotMultiple(5 * M, 4 * M)));
         assert!(matches!(Geometry::new(1 << 60, 4096), Err(GeometryError::TooManyBlocks(..))));
+        assert_eq!(Geometry::new(1 << 40, 0), Err(GeometryError::BlockSizeOutOfRange(0)));
+        assert_eq!(Geometry::new(1 << 40, 3 << 30), Err(GeometryError::BlockSizeOutOfRange(3 << 30)));
+    }
+
+    #[test]
+    fn every_bound_says_which_way_it_is_crossed() {
+        let text = |size, block_size| Geometry::new(size, block_size).unwrap_err().to_string();
+        assert_eq!(
+            text(17 << 40, 4096),
+            "size 17T is too large for blocks of 4K: 4563402752 blocks exceed the limit of 4294967296 (use blocks of 8K or larger)"
+        );
+        assert_eq!(text(8 << 60, 1 << 30), "size 8E is too large: the largest image is 4E (4294967296 blocks of 1G)");
+        assert_eq!(text(8 << 60, 4096), "size 8E is too large: the largest image is 4E (4294967296 blocks of 1G)");
+        assert!(Geometry::new(4 << 60, 1 << 30).is_ok(), "the largest image");
+        assert_eq!(text(4096, 8192), "size 4K is smaller than one block (8K)");
+        assert_eq!(text(12288, 8192), "size 12K is not a multiple of the block size 8K");
+        assert!(text(1 << 40, 3 * M).contains("3145728 is not a power of two"));
+        assert!(text(1 << 40, 1 << 31).contains("2G is out of range (4K to 1G)"));
+        let width = |w| Geometry::with_name_width(8 * M, 4 * M, w).unwrap_err().to_string();
+        assert_eq!(width(21), "block name width 21 is too large (at most 20 digits)");
+        assert_eq!(width(4), "block name width 4 is too small for 2 blocks (they need 5 digits)");
+        assert_eq!(Geometry::with_name_width(8 * M, 4 * M, 20).unwrap().name_width(), 20);
     }
 
     #[test]

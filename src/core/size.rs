@@ -36,7 +36,7 @@ pub struct Size(pub u64);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u32); 5] = [("P", 50), ("T", 40), ("G", 30), ("M", 20), ("K", 10)];
+        const UNITS: [(&str, u32); 6] = [("E", 60), ("P", 50), ("T", 40), ("G", 30), ("M", 20), ("K", 10)];
         for (unit, shift) in UNITS {
             if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
@@ -51,7 +51,7 @@ pub struct Approx(pub u64);
 
 impl fmt::Display for Approx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
         let mut value = self.0 as f64;
         let mut unit = 0;
         while value >= 1024.0 && unit + 1 < UNITS.len() {
@@ -90,6 +90,8 @@ mod tests {
         assert_eq!(Size(4 << 20).to_string(), "4M");
         assert_eq!(Size(1 << 40).to_string(), "1T");
         assert_eq!(Size(1536).to_string(), "1536");
+        assert_eq!(Size(4 << 60).to_string(), "4E");
+        assert_eq!(Approx(4 << 60).to_string(), "4.0 EiB");
         assert_eq!(Approx(1536).to_string(), "1.5 KiB");
     }
 }

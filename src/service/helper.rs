@@ -100,6 +100,11 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
         None if Path::new(&args.source).is_absolute() => PathBuf::from(&args.source),
         None => anyhow::bail!("store path {:?} is not absolute", args.source),
     };
+    crate::paths::check_resolved(
+        if def.as_ref().is_some_and(|d| d.remote.is_some()) { "cache directory" } else { "store" },
+        &store,
+    )?;
+    crate::paths::check_resolved("mountpoint", &args.mountpoint)?;
     let mut items: Vec<String> = vec![];
     if let Some(def) = &def {
         items.push(crate::cli::options_text(&def.spec()));
@@ -126,10 +131,9 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
 
 /// `-f`: everything a mount would check, changing nothing.
 fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
-    let will_create = def.is_some_and(|d| d.create.is_some())
-        && std::fs::read_dir(&spec.store).map(|mut e| e.next().is_none()).unwrap_or(true);
+    let will_create = def.is_some_and(|d| d.create.is_some()) && crate::create::holds_nothing(&spec.store)?;
     if !will_create && spec.remote.is_none() {
-        crate::meta::Meta::load(&spec.store)?;
+        crate::create::load_meta(&spec.store)?;
     }
     let canonical = crate::mount::mountpoint_dir(&spec.mountpoint)?;
     if let Some(existing) = crate::mountinfo::mount_at(&canonical) {
@@ -144,6 +148,12 @@ fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
 }
 
 pub fn main(program: &str, args: Vec<OsString>) -> ExitCode {
+    // Refused before anything else: read lossily, such a path would be
+    // another path.
+    if let Some(bad) = args.iter().find(|a| a.to_str().is_none()) {
+        eprintln!("{program}: error: argument {bad:?} is not UTF-8; onefs accepts only UTF-8 paths");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let args: Vec<String> = args.into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
@@ -168,7 +178,7 @@ pub fn main(program: &str, args: Vec<OsString>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("{program}: error: {err:#}");
+            eprintln!("{program}: error: {}", crate::errors::one_line(&err));
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -226,7 +226,7 @@ impl Service {
         let mut problems = vec![];
         let (defs, broken) = match self.load() {
             Ok(loaded) => loaded,
-            Err(err) => return vec![format!("{err:#}")],
+            Err(err) => return vec![crate::errors::one_line(&err)],
         };
         self.apply_level(&defs);
         for (name, err) in broken {
@@ -281,7 +281,7 @@ impl Service {
             }
             let name = def.name.clone();
             if let Err(err) = self.start(def) {
-                let message = format!("{err:#}");
+                let message = crate::errors::one_line(&err);
                 log::error!("{message}");
                 self.failed.insert(name, message.clone());
                 problems.push(message);
@@ -320,7 +320,7 @@ impl Service {
             let name = active.def.name.clone();
             let result = active.mounted.finish();
             if let Err(err) = &result {
-                log::error!("{name}: {err:#}");
+                log::error!("{name}: {}", crate::errors::one_line(err));
             }
             return Some(result);
         }

@@ -402,15 +402,13 @@ impl Inner {
                 Ok(v) => return Ok(v),
                 Err(err) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    let message =
+                        crate::errors::in_context(&format!("{}: {what}", self.backend.describe()), &err.to_string());
                     if Instant::now() + backoff > deadline {
-                        log::error!(
-                            "{}: {what}: {err} (gave up after {:?})",
-                            self.backend.describe(),
-                            self.config.retry_timeout
-                        );
-                        return Err(eio(format!("{}: {what}: {err}", self.backend.describe())));
+                        log::error!("{message} (gave up after {:?})", self.config.retry_timeout);
+                        return Err(eio(message));
                     }
-                    log::debug!("{}: {what}: {err}; retrying in {backoff:?}", self.backend.describe());
+                    log::debug!("{message}; retrying in {backoff:?}");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
