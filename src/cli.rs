@@ -1,17 +1,16 @@
 //! The `onefs` command line.
 
+use crate::config::MountSpec;
 use crate::core::size::{Approx, Size, parse_size};
-use crate::mount::{MountSpec, Readiness};
+use crate::mount::detach::{Foreground, ReadyPipe};
 use crate::options::MountOptions;
 use crate::{config, logging, mount};
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -156,34 +155,11 @@ pub enum Commands {
     },
 }
 
-/// Readiness reported to the parent `onefs mount` over a pipe.
-struct ReadyPipe(Option<File>);
-
-impl Readiness for ReadyPipe {
-    fn ready(&mut self, message: &str) {
-        if let Some(mut pipe) = self.0.take() {
-            let _ = writeln!(pipe, "READY {message}");
-        }
-    }
-    fn failed(&mut self, error: &anyhow::Error) {
-        if let Some(mut pipe) = self.0.take() {
-            let _ = writeln!(pipe, "ERROR {}", crate::errors::one_line(error));
-        }
-    }
-}
-
-struct Foreground;
-
-impl Readiness for Foreground {
-    fn ready(&mut self, _message: &str) {}
-    fn failed(&mut self, _error: &anyhow::Error) {}
-}
-
 pub fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().map(PathBuf::from).unwrap_or_default();
     let program = argv0.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if program == "mount.onefs" || program == "mount.fuse.onefs" {
-        return crate::service::helper::main(&program, std::env::args_os().skip(1).collect());
+        return crate::mount_helper::main(&program, std::env::args_os().skip(1).collect());
     }
     let parsed = Cli::command().try_get_matches().and_then(|m| {
         let given = m.value_source("log_level") == Some(clap::parser::ValueSource::CommandLine);
@@ -289,18 +265,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             crate::core::Geometry::new(size, block_size)
                 .map_err(|e| anyhow::anyhow!("--{}: {e}", e.field().replace('_', "-")))?;
             let def = config::Definition::chosen(definition.as_deref(), file.as_deref(), &config_dir)?;
-            let (place, meta) = match (def, store) {
-                (Some(def), _) if def.remote.is_some() => {
-                    let remote = def.remote.as_ref().map(|r| &r.backend).context("internal error: no backend")?;
-                    let backend = crate::compose::open_backend(remote)?;
-                    (backend.describe(), crate::compose::create_remote(&*backend, size, block_size)?)
-                }
-                (Some(def), _) => {
-                    (def.store.display().to_string(), crate::create::create(&def.store, size, block_size)?)
-                }
-                (None, Some(store)) => (store.display().to_string(), crate::create::create(&store, size, block_size)?),
+            let place = match (&def, &store) {
+                (Some(def), _) => crate::create::Place::of(def),
+                (None, Some(store)) => crate::create::Place::Dir(store),
                 (None, None) => bail!("give a STORE directory, --definition NAME or --config FILE"),
             };
+            let (place, meta) = crate::create::create(place, size, block_size)?;
             println!(
                 "created {} (id {}): disk.img of {} ({}) in {} blocks of {}",
                 place,
@@ -333,12 +303,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (_, Some(fd)) => {
                     // SAFETY: the parent handed us this descriptor for our sole use.
                     let pipe = unsafe { File::from_raw_fd(fd) };
-                    mount::serve(&spec, &mut ReadyPipe(Some(pipe)))
+                    mount::serve(&spec, &mut ReadyPipe::new(pipe))
                 }
                 (true, None) => mount::serve(&spec, &mut Foreground),
-                (false, None) => mount_detached(
+                (false, None) => mount::detach::mount_detached(
                     &cli.log_level,
-                    &options_text(&spec),
+                    &spec.options,
                     &store,
                     &mountpoint,
                     definition_file.as_deref(),
@@ -355,7 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     def.name
                 );
             };
-            if let Some(holder) = crate::lock::holder(&def.store) {
+            if let Some(holder) = crate::store_lock::holder(&def.store) {
                 bail!(
                     "{}: onefs pid {} on this host is serving it; unmount it instead of breaking its lock",
                     def.name,
@@ -367,76 +337,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Fsck { repair, store } => std::process::exit(crate::fsck::command(&store, repair)),
     }
-}
-
-pub(crate) fn options_text(spec: &MountSpec) -> String {
-    let o = &spec.options;
-    let mut parts = vec![
-        format!("uid={}", o.access.uid),
-        format!("gid={}", o.access.gid),
-        format!("mode={:o}", o.access.mode),
-        format!("threads={}", o.threads),
-        format!("io_uring={}", o.io_uring.as_str()),
-    ];
-    if o.access.read_only {
-        parts.push("ro".into());
-    }
-    if o.allow_other {
-        parts.push("allow_other".into());
-    }
-    if o.nonempty {
-        parts.push("nonempty".into());
-    }
-    parts.join(",")
-}
-
-/// Starts a detached `onefs mount --foreground` and waits until it reports
-/// that the mount is live, or why it is not.
-pub(crate) fn mount_detached(
-    log_level: &str,
-    options: &str,
-    store: &PathBuf,
-    mountpoint: &PathBuf,
-    definition_file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    const READY_FD: i32 = 3;
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create pipe")?;
-    let exe = std::env::current_exe().context("cannot find the onefs executable")?;
-    let mut command = Command::new(exe);
-    command.args(["--log-level", log_level, "mount", "--foreground", "--ready-fd", "3", "-o", options]);
-    if let Some(file) = definition_file {
-        command.arg("--definition-file").arg(file);
-    }
-    command.arg(store).arg(mountpoint).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let write_fd = write_end.as_raw_fd();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // dup2 clears close-on-exec on the copy; the original closes at exec.
-            if write_fd == READY_FD {
-                libc::fcntl(write_fd, libc::F_SETFD, 0);
-            } else if libc::dup2(write_fd, READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().context("cannot start onefs in the background")?;
-    drop(write_end);
-    let mut answer = String::new();
-    let _ = File::from(read_end).read_to_string(&mut answer);
-    let answer = answer.trim_end();
-    if let Some(message) = answer.strip_prefix("READY ") {
-        log::debug!("{message}");
-        return Ok(());
-    }
-    if let Some(error) = answer.strip_prefix("ERROR ") {
-        let _ = child.wait();
-        bail!("{error}");
-    }
-    let status = child.wait().context("lost the background onefs")?;
-    bail!("the background onefs exited ({status}) before the mount was live; see the system log")
 }

@@ -14,7 +14,7 @@
 //! front of it. The image description `onefs.json` lives beside the blocks:
 //! a file in a store directory, an object in a backend.
 
-use crate::backend::lock::{LOCK_KEY, read_lock};
+use crate::backend::remote_lock::{LOCK_KEY, read_lock};
 use crate::backend::{DirObjects, ObjectBackend, RcloneBackend, RemoteLock, S3Backend};
 use crate::config::{BackendDef, RemoteDef};
 use crate::meta::{META_FILE, Meta};
@@ -43,42 +43,6 @@ pub fn load_meta(backend: &dyn ObjectBackend) -> anyhow::Result<Meta> {
     Ok(Meta::parse(&text, Path::new(&name))?)
 }
 
-/// `onefs create` on a backend: refuses a non-empty bucket prefix or folder,
-/// then stores `onefs.json` as an object.
-pub fn create_remote(backend: &dyn ObjectBackend, size: u64, block_size: u64) -> anyhow::Result<Meta> {
-    let geometry = crate::core::Geometry::new(size, block_size).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let keys = backend.list("").with_context(|| format!("{}: cannot list", backend.describe()))?;
-    if let Some(key) = keys.iter().min() {
-        bail!(
-            "{}: store is not empty (it holds {key:?}); onefs creates images only in an empty prefix or folder",
-            backend.describe()
-        );
-    }
-    let meta = Meta::new(&geometry);
-    backend
-        .put(META_FILE, meta.to_json().as_bytes())
-        .with_context(|| format!("{}: cannot write the image description", backend.describe()))?;
-    Ok(meta)
-}
-
-/// `[create]` of a remote definition: creates the image when the backend
-/// holds nothing yet. Returns whether it created one.
-pub fn create_if_empty(def: &BackendDef, size: u64, block_size: u64, name: &str) -> anyhow::Result<bool> {
-    let backend = open_backend(def)?;
-    let keys = backend.list("").with_context(|| format!("{}: cannot list", backend.describe()))?;
-    if !keys.is_empty() {
-        return Ok(false);
-    }
-    let meta = create_remote(&*backend, size, block_size)?;
-    log::info!(
-        "created {} (id {}) for {name}: disk.img of {}",
-        backend.describe(),
-        meta.id,
-        crate::core::size::Size(meta.size)
-    );
-    Ok(true)
-}
-
 /// Where a mount's blocks are, before it is locked and opened.
 pub enum Backing {
     Dir { store: PathBuf },
@@ -100,7 +64,7 @@ impl Backing {
 
     pub fn meta(&self) -> anyhow::Result<Meta> {
         match self {
-            Backing::Dir { store } => crate::create::load_meta(store),
+            Backing::Dir { store } => crate::meta::load_explained(store),
             Backing::Remote { backend, .. } => load_meta(&**backend),
         }
     }
@@ -215,21 +179,4 @@ pub fn break_lock(def: &BackendDef) -> anyhow::Result<String> {
         ),
         None => format!("{}: there was no lock", backend.describe()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::MemBackend;
-
-    #[test]
-    fn create_refuses_a_non_empty_backend_and_stores_the_description_beside_the_blocks() {
-        let backend = MemBackend::new();
-        let meta = create_remote(&backend, 1 << 30, 4 << 20).unwrap();
-        assert_eq!(load_meta(&backend).unwrap(), meta);
-        let err = create_remote(&backend, 1 << 30, 4 << 20).unwrap_err().to_string();
-        assert!(err.contains("not empty") && err.contains("onefs.json"), "{err}");
-        let empty = MemBackend::new();
-        assert!(load_meta(&empty).unwrap_err().to_string().contains("not an onefs store"));
-    }
 }

@@ -22,7 +22,6 @@
 //! through [`MountOptions::parse`], so they mean exactly what `-o` means.
 
 use crate::core::size::parse_size;
-use crate::mount::MountSpec;
 use crate::options::MountOptions;
 use log::LevelFilter;
 use std::fmt;
@@ -487,40 +486,17 @@ impl Definition {
         }
         changes
     }
+}
 
-    /// Creates the image when `[create]` is given and the store is empty or
-    /// absent. Returns whether it created one.
-    pub fn create_if_empty(&self) -> anyhow::Result<bool> {
-        let Some(create) = self.create else { return Ok(false) };
-        if let Some(remote) = &self.remote {
-            return crate::compose::create_if_empty(&remote.backend, create.size, create.block_size, &self.name);
-        }
-        // An absent or empty store, or one an interrupted create left.
-        if !crate::create::holds_nothing(&self.store)? {
-            if let Ok(meta) = crate::meta::Meta::load(&self.store)
-                && (meta.size != create.size || meta.block_size != create.block_size)
-            {
-                log::warn!(
-                    "{}: [create] asks for size {} and block_size {}, but the store already holds an image of size {} with block_size {}; [create] only applies to an empty store",
-                    self.file.display(),
-                    crate::core::size::Size(create.size),
-                    crate::core::size::Size(create.block_size),
-                    crate::core::size::Size(meta.size),
-                    crate::core::size::Size(meta.block_size)
-                );
-            }
-            return Ok(false);
-        }
-        let meta = crate::create::create(&self.store, create.size, create.block_size)?;
-        log::info!(
-            "created {} (id {}) for {}: disk.img of {}",
-            self.store.display(),
-            meta.id,
-            self.name,
-            crate::core::size::Size(meta.size)
-        );
-        Ok(true)
-    }
+/// Everything needed to serve one mount.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    pub options: MountOptions,
+    /// Blocks in an object backend behind a local cache (`store` is then the
+    /// cache directory); `None` for a plain store directory.
+    pub remote: Option<RemoteDef>,
 }
 
 /// The definitions of a directory: the good ones, and the file name and
@@ -757,19 +733,6 @@ block_size = "4M"
         assert_eq!((bad[0].0.as_str(), bad[1].0.as_str()), ("b", "c"));
         assert!(bad[0].1.0.contains("b.toml:1: missing required key `mountpoint`"), "{bad:?}");
         assert!(bad[1].1.0.contains("c.toml: store /s/a is already used by"), "{bad:?}");
-    }
-
-    #[test]
-    fn create_section_recovers_a_store_an_interrupted_create_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        std::fs::create_dir(&store).unwrap();
-        std::fs::write(store.join(crate::create::leftover_name()), b"{").unwrap();
-        let text = format!("store = {:?}\nmountpoint = \"/m\"\n[create]\nsize = \"8M\"\n", store.to_str().unwrap());
-        let def = parse(&text).unwrap();
-        assert!(def.create_if_empty().unwrap(), "a leftover alone counts as empty");
-        assert!(crate::meta::Meta::load(&store).is_ok() && !store.join(crate::create::leftover_name()).exists());
-        assert!(!def.create_if_empty().unwrap(), "an image is never made twice");
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! `onefs create`: a new, empty image in an empty (or absent) directory.
+//! Creating an image: the one way, used by `onefs create`, by a
+//! definition's `[create]` (the service and the mount helper) and by tests.
+//! A store directory must be empty or absent; an object backend's prefix
+//! or folder must hold nothing; then `onefs.json` is written.
 //!
 //! `onefs.json` is written to `.onefs.json.tmp` first and linked into place
 //! ([`Meta::write_new`]), so a create killed half-way leaves that temporary
@@ -6,68 +9,102 @@
 //! clears the leftover and creates, and mount and fsck say what happened
 //! instead of only that `onefs.json` is missing.
 
+use crate::backend::ObjectBackend;
+use crate::config::{BackendDef, Definition};
 use crate::core::Geometry;
-use crate::meta::{META_FILE, Meta};
-use anyhow::bail;
+use crate::core::size::Size;
+use crate::meta::{Contents, META_FILE, Meta, contents, holds_nothing, leftover_name};
+use anyhow::{Context, bail};
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-/// The temporary name `onefs.json` is written under before it is linked
-/// into place; alone in a store, the mark of an interrupted create.
-pub fn leftover_name() -> String {
-    format!(".{META_FILE}.tmp")
+/// Where an image is made.
+#[derive(Debug, Clone, Copy)]
+pub enum Place<'a> {
+    /// A store directory of block files.
+    Dir(&'a Path),
+    /// An object backend (the cache in front of it is made at mount).
+    Backend(&'a BackendDef),
 }
 
-/// What a would-be store directory holds.
-#[derive(Debug, PartialEq, Eq)]
-enum Contents {
-    Absent,
-    Empty,
-    /// Only the leftover of an interrupted `onefs create`.
-    Leftover,
-    /// Something else, named (`onefs.json` when there is one).
-    Other(String),
-}
-
-fn contents(store: &Path) -> io::Result<Contents> {
-    let entries = match fs::read_dir(store) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Contents::Absent),
-        Err(e) => return Err(e),
-    };
-    let leftover = leftover_name();
-    let (mut others, mut leftover_seen) = (vec![], false);
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == leftover.as_str() && entry.file_type().is_ok_and(|t| t.is_file()) {
-            leftover_seen = true;
-        } else {
-            others.push(name.to_string_lossy().into_owned());
+impl<'a> Place<'a> {
+    /// Where a definition keeps its image.
+    pub fn of(def: &'a Definition) -> Self {
+        match &def.remote {
+            Some(remote) => Place::Backend(&remote.backend),
+            None => Place::Dir(&def.store),
         }
     }
-    if others.is_empty() {
-        return Ok(if leftover_seen { Contents::Leftover } else { Contents::Empty });
-    }
-    others.sort();
-    let named = if others.iter().any(|n| n == META_FILE) { META_FILE.to_string() } else { others.swap_remove(0) };
-    Ok(Contents::Other(named))
 }
 
-/// Whether `onefs create` would make an image in `store`: it does not
-/// exist, is empty, or holds only the leftover of an interrupted create.
-pub fn holds_nothing(store: &Path) -> anyhow::Result<bool> {
-    match contents(store) {
-        Ok(Contents::Other(_)) => Ok(false),
-        Ok(_) => Ok(true),
-        Err(e) => bail!("store {}: {e}", store.display()),
-    }
-}
-
-pub fn create(store: &Path, size: u64, block_size: u64) -> anyhow::Result<Meta> {
+/// Creates an image of `size` bytes in blocks of `block_size` in `place`,
+/// which must hold nothing yet. Returns where it went (for messages) and
+/// its description.
+pub fn create(place: Place<'_>, size: u64, block_size: u64) -> anyhow::Result<(String, Meta)> {
     let geometry = Geometry::new(size, block_size).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match place {
+        Place::Dir(store) => Ok((store.display().to_string(), create_in_dir(store, &geometry)?)),
+        Place::Backend(def) => {
+            let backend = crate::compose::open_backend(def)?;
+            Ok((backend.describe(), create_in_backend(&*backend, &geometry)?))
+        }
+    }
+}
+
+/// `[create]` of a definition: creates the image when the place holds
+/// nothing yet. An existing image is kept as it is, and a `[create]` size
+/// that differs from it is reported, never applied. Returns whether it
+/// created one.
+pub fn create_if_empty(def: &Definition) -> anyhow::Result<bool> {
+    let Some(wanted) = def.create else { return Ok(false) };
+    let place = Place::of(def);
+    let existing = match place {
+        Place::Dir(store) => (!holds_nothing(store)?).then(|| crate::meta::Meta::load(store).ok()),
+        Place::Backend(backend) => {
+            let backend = crate::compose::open_backend(backend)?;
+            let keys = backend.list("").with_context(|| format!("{}: cannot list", backend.describe()))?;
+            (!keys.is_empty()).then(|| crate::compose::load_meta(&*backend).ok())
+        }
+    };
+    if let Some(existing) = existing {
+        if let Some(meta) = existing
+            && (meta.size != wanted.size || meta.block_size != wanted.block_size)
+        {
+            log::warn!(
+                "{}: [create] asks for size {} and block_size {}, but the store already holds an image of size {} with block_size {}; [create] only applies to an empty store",
+                def.file.display(),
+                Size(wanted.size),
+                Size(wanted.block_size),
+                Size(meta.size),
+                Size(meta.block_size)
+            );
+        }
+        return Ok(false);
+    }
+    let (place, meta) = create(place, wanted.size, wanted.block_size)?;
+    log::info!("created {place} (id {}) for {}: disk.img of {}", meta.id, def.name, Size(meta.size));
+    Ok(true)
+}
+
+/// A backend's prefix or folder that holds nothing gets `onefs.json`.
+fn create_in_backend(backend: &dyn ObjectBackend, geometry: &Geometry) -> anyhow::Result<Meta> {
+    let keys = backend.list("").with_context(|| format!("{}: cannot list", backend.describe()))?;
+    if let Some(key) = keys.iter().min() {
+        bail!(
+            "{}: store is not empty (it holds {key:?}); onefs creates images only in an empty prefix or folder",
+            backend.describe()
+        );
+    }
+    let meta = Meta::new(geometry);
+    backend
+        .put(META_FILE, meta.to_json().as_bytes())
+        .with_context(|| format!("{}: cannot write the image description", backend.describe()))?;
+    Ok(meta)
+}
+
+fn create_in_dir(store: &Path, geometry: &Geometry) -> anyhow::Result<Meta> {
     // Where the image goes: through a symlink to its target, as a mount
     // would resolve it. Judged before anything is made.
     let target = crate::paths::check_resolved("store", store)?;
@@ -107,7 +144,7 @@ pub fn create(store: &Path, size: u64, block_size: u64) -> anyhow::Result<Meta> 
         }
         Err(e) => bail!("{}: {e}", store.display()),
     }
-    let meta = Meta::new(&geometry);
+    let meta = Meta::new(geometry);
     meta.write_new(&target).map_err(|e| anyhow::anyhow!("cannot write image description: {e}"))?;
     Ok(meta)
 }
@@ -124,35 +161,6 @@ fn clear_leftover(store: &Path, target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a store's `onefs.json` like [`Meta::load`]; where there is none,
-/// says why when that can be told: no such directory, an empty one (no
-/// image yet), or one holding only the leftover of an interrupted create.
-pub fn load_meta(store: &Path) -> anyhow::Result<Meta> {
-    match fs::metadata(store) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("store {} does not exist", store.display()),
-        Ok(meta) if !meta.is_dir() => bail!("store {} is not a directory", store.display()),
-        _ => {}
-    }
-    let err = match Meta::load(store) {
-        Ok(meta) => return Ok(meta),
-        Err(err) => err,
-    };
-    if fs::symlink_metadata(store.join(META_FILE)).is_err() {
-        match contents(store) {
-            Ok(Contents::Leftover) => bail!(
-                "{}: holds only {}, left by an interrupted onefs create; run onefs create again",
-                store.display(),
-                leftover_name()
-            ),
-            Ok(Contents::Empty) => {
-                bail!("{}: empty directory, no image in it yet; make one with onefs create", store.display())
-            }
-            _ => {}
-        }
-    }
-    Err(err.into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,13 +175,13 @@ mod tests {
         fs::write(store.join(leftover_name()), b"{\"format\": \"on").unwrap();
         assert_eq!(contents(&store).unwrap(), Contents::Leftover);
         assert!(holds_nothing(&store).unwrap());
-        let err = load_meta(&store).unwrap_err().to_string();
+        let err = crate::meta::load_explained(&store).unwrap_err().to_string();
         assert!(err.contains("interrupted onefs create; run onefs create again"), "{err}");
 
         fs::write(store.join("precious"), b"x").unwrap();
         assert_eq!(contents(&store).unwrap(), Contents::Other("precious".into()));
         assert!(!holds_nothing(&store).unwrap());
-        assert!(create(&store, 1 << 30, 4 << 20).unwrap_err().to_string().contains("\"precious\""));
+        assert!(create(Place::Dir(&store), 1 << 30, 4 << 20).unwrap_err().to_string().contains("\"precious\""));
         assert!(store.join(leftover_name()).exists(), "a refused create removed the leftover");
         fs::remove_file(store.join("precious")).unwrap();
 
@@ -182,9 +190,9 @@ mod tests {
         fs::create_dir_all(other.join(leftover_name())).unwrap();
         assert_eq!(contents(&other).unwrap(), Contents::Other(leftover_name()));
 
-        let meta = create(&store, 1 << 30, 4 << 20).unwrap();
+        let (_, meta) = create(Place::Dir(&store), 1 << 30, 4 << 20).unwrap();
         assert!(!store.join(leftover_name()).exists());
-        assert_eq!(load_meta(&store).unwrap(), meta);
+        assert_eq!(crate::meta::load_explained(&store).unwrap(), meta);
     }
 
     #[test]
@@ -194,14 +202,39 @@ mod tests {
         fs::create_dir(&target).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        create(&link, 1 << 30, 4 << 20).unwrap();
+        create(Place::Dir(&link), 1 << 30, 4 << 20).unwrap();
         assert!(target.join(META_FILE).is_file());
         assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
 
         let dangling = dir.path().join("dangling");
         std::os::unix::fs::symlink(dir.path().join("absent"), &dangling).unwrap();
-        let err = create(&dangling, 1 << 30, 4 << 20).unwrap_err().to_string();
+        let err = create(Place::Dir(&dangling), 1 << 30, 4 << 20).unwrap_err().to_string();
         assert!(err.contains("symlink") && err.contains("does not exist"), "{err}");
         assert!(!dir.path().join("absent").exists());
+    }
+
+    #[test]
+    fn a_backend_gets_its_description_beside_the_blocks_and_only_when_empty() {
+        let backend = crate::backend::MemBackend::new();
+        let geometry = Geometry::new(1 << 30, 4 << 20).unwrap();
+        let meta = create_in_backend(&backend, &geometry).unwrap();
+        assert_eq!(crate::compose::load_meta(&backend).unwrap(), meta);
+        let err = create_in_backend(&backend, &geometry).unwrap_err().to_string();
+        assert!(err.contains("not empty") && err.contains("onefs.json"), "{err}");
+        let empty = crate::backend::MemBackend::new();
+        assert!(crate::compose::load_meta(&empty).unwrap_err().to_string().contains("not an onefs store"));
+    }
+
+    #[test]
+    fn create_section_recovers_a_store_an_interrupted_create_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join(leftover_name()), b"{").unwrap();
+        let text = format!("store = {:?}\nmountpoint = \"/m\"\n[create]\nsize = \"8M\"\n", store.to_str().unwrap());
+        let def = Definition::parse(&text, Path::new("/etc/onefs/data.toml"), "data").unwrap();
+        assert!(create_if_empty(&def).unwrap(), "a leftover alone counts as empty");
+        assert!(crate::meta::Meta::load(&store).is_ok() && !store.join(leftover_name()).exists());
+        assert!(!create_if_empty(&def).unwrap(), "an image is never made twice");
     }
 }

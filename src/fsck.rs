@@ -9,11 +9,11 @@
 //!
 //! The store lock is held for the whole check, so no mount starts meanwhile.
 
+use crate::confined::{Access, ConfinedDir, Kind};
 use crate::core::Geometry;
 use crate::core::size::{Approx, Size};
-use crate::lock::{LOCK_FILE, StoreLock};
 use crate::meta::META_FILE;
-use crate::store::confined::{Access, ConfinedDir, Kind};
+use crate::store_lock::{LOCK_FILE, StoreLock};
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ enum Entry {
 /// the store could not be checked at all (no store, damaged `onefs.json`,
 /// mounted, unreadable directory).
 pub fn check(store: &Path, options: &Options) -> anyhow::Result<Report> {
-    let meta = crate::create::load_meta(store)?;
+    let meta = crate::meta::load_explained(store)?;
     let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", store.join(META_FILE).display()))?;
     let _lock = StoreLock::try_acquire_for_fsck(store, options.repair)?;
     let dir = ConfinedDir::open(store)?;

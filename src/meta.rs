@@ -15,11 +15,13 @@
 //! every stored byte, so it is refused instead. Version 1 descriptions
 //! (written before the checksum existed) are still read.
 
+use crate::confined::{Access, ConfinedDir};
 use crate::core::crc32c::crc32c;
 use crate::core::geometry::BLOCK_PREFIX;
 use crate::core::{Geometry, GeometryError};
-use crate::store::confined::{Access, ConfinedDir};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
+use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -188,6 +190,87 @@ impl Meta {
         linked?;
         dir.sync()
     }
+}
+
+/// The temporary name `onefs.json` is written under before it is linked
+/// into place; alone in a store, the mark of an interrupted create.
+pub fn leftover_name() -> String {
+    format!(".{META_FILE}.tmp")
+}
+
+/// What a would-be store directory holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Contents {
+    Absent,
+    Empty,
+    /// Only the leftover of an interrupted `onefs create`.
+    Leftover,
+    /// Something else, named (`onefs.json` when there is one).
+    Other(String),
+}
+
+pub(crate) fn contents(store: &Path) -> io::Result<Contents> {
+    let entries = match fs::read_dir(store) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Contents::Absent),
+        Err(e) => return Err(e),
+    };
+    let leftover = leftover_name();
+    let (mut others, mut leftover_seen) = (vec![], false);
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == leftover.as_str() && entry.file_type().is_ok_and(|t| t.is_file()) {
+            leftover_seen = true;
+        } else {
+            others.push(name.to_string_lossy().into_owned());
+        }
+    }
+    if others.is_empty() {
+        return Ok(if leftover_seen { Contents::Leftover } else { Contents::Empty });
+    }
+    others.sort();
+    let named = if others.iter().any(|n| n == META_FILE) { META_FILE.to_string() } else { others.swap_remove(0) };
+    Ok(Contents::Other(named))
+}
+
+/// Whether `onefs create` would make an image in `store`: it does not
+/// exist, is empty, or holds only the leftover of an interrupted create.
+pub fn holds_nothing(store: &Path) -> anyhow::Result<bool> {
+    match contents(store) {
+        Ok(Contents::Other(_)) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => bail!("store {}: {e}", store.display()),
+    }
+}
+
+/// Reads a store's `onefs.json` like [`Meta::load`]; where there is none,
+/// says why when that can be told: no such directory, an empty one (no
+/// image yet), or one holding only the leftover of an interrupted create.
+pub fn load_explained(store: &Path) -> anyhow::Result<Meta> {
+    match fs::metadata(store) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("store {} does not exist", store.display()),
+        Ok(meta) if !meta.is_dir() => bail!("store {} is not a directory", store.display()),
+        _ => {}
+    }
+    let err = match Meta::load(store) {
+        Ok(meta) => return Ok(meta),
+        Err(err) => err,
+    };
+    if fs::symlink_metadata(store.join(META_FILE)).is_err() {
+        match contents(store) {
+            Ok(Contents::Leftover) => bail!(
+                "{}: holds only {}, left by an interrupted onefs create; run onefs create again",
+                store.display(),
+                leftover_name()
+            ),
+            Ok(Contents::Empty) => {
+                bail!("{}: empty directory, no image in it yet; make one with onefs create", store.display())
+            }
+            _ => {}
+        }
+    }
+    Err(err.into())
 }
 
 #[cfg(test)]

@@ -1,7 +1,44 @@
 //! Mount options, as given with `-o` (and later by definitions and fstab).
 
-use crate::fuse::Access;
-use crate::fuse::ring::RingMode;
+/// Who owns disk.img and how it may be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u16,
+    pub read_only: bool,
+}
+
+/// How `onefs mount` uses FUSE over io_uring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RingMode {
+    /// Use it when the kernel offers it, else `/dev/fuse`.
+    #[default]
+    Auto,
+    /// Refuse to mount without it.
+    On,
+    /// Serve through `/dev/fuse` only.
+    Off,
+}
+
+impl RingMode {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "auto" => Some(Self::Auto),
+            "on" => Some(Self::On),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -34,6 +71,29 @@ const IGNORED: &[&str] = &[
     "defaults", "rw", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "dev", "nodev", "suid",
     "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "async",
 ];
+
+/// The options as `-o` takes them back: every value spelled out, so a
+/// detached `onefs mount` gets exactly what its parent parsed.
+impl std::fmt::Display for MountOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = &self.access;
+        write!(
+            f,
+            "uid={},gid={},mode={:o},threads={},io_uring={}",
+            a.uid,
+            a.gid,
+            a.mode,
+            self.threads,
+            self.io_uring.as_str()
+        )?;
+        for (on, name) in [(a.read_only, "ro"), (self.allow_other, "allow_other"), (self.nonempty, "nonempty")] {
+            if on {
+                write!(f, ",{name}")?;
+            }
+        }
+        Ok(())
+    }
+}
 
 impl MountOptions {
     /// Parses a comma-separated option list such as `ro,allow_other,uid=1000`.
@@ -99,6 +159,14 @@ mod tests {
         for mode in [RingMode::Auto, RingMode::On, RingMode::Off] {
             let o = MountOptions::parse(&format!("io_uring={}", mode.as_str())).unwrap();
             assert_eq!(o.io_uring, mode);
+        }
+    }
+
+    #[test]
+    fn displays_as_options_that_parse_back_the_same() {
+        for text in ["", "ro,allow_other,uid=1000,gid=100,mode=0640,threads=4,io_uring=off,nonempty", "mode=0755"] {
+            let o = MountOptions::parse(text).unwrap();
+            assert_eq!(MountOptions::parse(&o.to_string()).unwrap(), o, "{text:?} -> {o}");
         }
     }
 

@@ -58,7 +58,7 @@ fn stored(store: &Path, prefix: &str) -> std::io::Result<(u64, u64)> {
 /// what is stored.
 fn describe(store: PathBuf) -> Entry {
     let mut entry = describe_nothing(store);
-    if let Some(holder) = crate::lock::holder(&entry.store) {
+    if let Some(holder) = crate::store_lock::holder(&entry.store) {
         entry.pid = holder.pid;
         entry.unit = holder.unit;
     }
@@ -70,7 +70,7 @@ fn describe(store: PathBuf) -> Entry {
         entry.cache = crate::store::cache::read_stats(&entry.store);
         return entry;
     }
-    match crate::create::load_meta(&entry.store) {
+    match crate::meta::load_explained(&entry.store) {
         Ok(meta) => {
             entry.size = Some(meta.size);
             entry.block_size = Some(meta.block_size);

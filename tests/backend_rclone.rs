@@ -195,7 +195,7 @@ fn a_slow_webdav_remote_is_throttled_but_correct() {
 #[test]
 fn the_remote_lock_works_over_rclone() {
     use onefs::backend::RemoteLock;
-    use onefs::backend::lock::{LockTiming, read_lock};
+    use onefs::backend::remote_lock::{LockTiming, read_lock};
     use std::sync::Arc;
     let dir = scratch("rclone-lock");
     let mut c = config(&dir.path().join("remote").display().to_string());

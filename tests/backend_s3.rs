@@ -140,7 +140,7 @@ fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
 #[test]
 fn the_remote_lock_admits_one_mount_and_can_be_broken() {
     use onefs::backend::RemoteLock;
-    use onefs::backend::lock::{LockTiming, read_lock};
+    use onefs::backend::remote_lock::{LockTiming, read_lock};
     use std::path::Path;
     use std::sync::Arc;
     let garage = Garage::start();

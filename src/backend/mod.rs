@@ -7,18 +7,18 @@
 //! a backend maps them under its own bucket, prefix or folder.
 
 pub mod dir;
-pub mod lock;
 pub mod memory;
 pub mod rclone;
+pub mod remote_lock;
 pub mod s3;
 
 use std::io;
 use std::path::Path;
 
 pub use dir::DirObjects;
-pub use lock::RemoteLock;
 pub use memory::MemBackend;
 pub use rclone::{RcloneBackend, RcloneConfig};
+pub use remote_lock::RemoteLock;
 pub use s3::{S3Backend, S3Config};
 
 pub trait ObjectBackend: Send + Sync {

@@ -72,14 +72,7 @@ pub fn match_readahead(mountpoint: &Path, store: &Path) {
     }
 }
 
-/// Who owns disk.img and how it may be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Access {
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u16,
-    pub read_only: bool,
-}
+pub use crate::options::Access;
 
 /// What `statfs` reports, in units of onefs blocks.
 pub struct Statfs {

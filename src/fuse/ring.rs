@@ -29,36 +29,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 mod serve;
 
-/// How `onefs mount` uses FUSE over io_uring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RingMode {
-    /// Use it when the kernel offers it, else `/dev/fuse`.
-    #[default]
-    Auto,
-    /// Refuse to mount without it.
-    On,
-    /// Serve through `/dev/fuse` only.
-    Off,
-}
-
-impl RingMode {
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "auto" => Some(Self::Auto),
-            "on" => Some(Self::On),
-            "off" => Some(Self::Off),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::On => "on",
-            Self::Off => "off",
-        }
-    }
-}
+pub use crate::options::RingMode;
 
 /// Where the kernel says whether it may use io_uring for FUSE.
 pub const ENABLE_KNOB: &str = "/sys/module/fuse/parameters/enable_uring";

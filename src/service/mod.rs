@@ -8,8 +8,6 @@
 //! SIGTERM/SIGINT. A reload's outcome is also written to a small runtime file
 //! so `onefs reload` (the units' `ExecReload=`) can wait for it and report it.
 
-pub mod helper;
-
 use crate::config::{self, Definition};
 use crate::mount::{Mounted, Unmount};
 use anyhow::{Context, bail};
@@ -102,7 +100,7 @@ pub fn pid_serving(dir: &Path, name: &str) -> anyhow::Result<u32> {
     let def = Definition::load_named(dir, name)?;
     let store = def.store.clone();
     let holder = crate::probe::ask(("holder", def.store.clone()), crate::probe::MOUNT_LIMIT, move || {
-        crate::lock::holder(&store)
+        crate::store_lock::holder(&store)
     })
     .map_err(|why| anyhow::anyhow!("{name}: store {}: {why}", def.store.display()))?
     .ok_or_else(|| anyhow::anyhow!("{name}: store {} is not mounted by a running onefs", def.store.display()))?;
@@ -173,7 +171,7 @@ impl Service {
     }
 
     fn start(&mut self, def: Definition) -> anyhow::Result<()> {
-        def.create_if_empty().with_context(|| format!("{}: cannot create the image", def.name))?;
+        crate::create::create_if_empty(&def).with_context(|| format!("{}: cannot create the image", def.name))?;
         let id = self.next_id;
         self.next_id += 1;
         let tx = self.tx.clone();

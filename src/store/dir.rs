@@ -3,8 +3,8 @@
 //! stays readable with standard tools.
 
 use super::blockfile::{Cached, Flushed};
-use super::confined::{Access, ConfinedDir, Kind};
 use super::{BlockStore, Zeroed};
+use crate::confined::{Access, ConfinedDir, Kind};
 use crate::core::Geometry;
 use crate::sync::lock;
 use std::collections::{HashMap, HashSet};

@@ -9,7 +9,6 @@
 
 pub mod blockfile;
 pub mod cache;
-pub mod confined;
 pub mod dir;
 pub mod fault;
 pub mod memory;

@@ -36,11 +36,11 @@ mod tests;
 
 use super::{BlockStore, Zeroed};
 use crate::backend::{ObjectBackend, block_key};
+use crate::confined::{Access, ConfinedDir, Kind};
 use crate::core::{Geometry, is_zero};
 use crate::errors::context;
 use crate::meta::Meta;
 use crate::store::blockfile::Flushed;
-use crate::store::confined::{Access, ConfinedDir, Kind};
 use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -892,7 +892,7 @@ impl CacheStore {
                 io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a block of this image", path.display()))
             })?;
             if kind != Kind::File {
-                return Err(crate::store::confined::not_a_file(&path, kind));
+                return Err(crate::confined::not_a_file(&path, kind));
             }
             Ok(block)
         };
@@ -902,7 +902,7 @@ impl CacheStore {
         }
         let was_clean = match root.kind(CLEAN_SHUTDOWN)? {
             Some(Kind::File) => true,
-            Some(kind) => return Err(crate::store::confined::not_a_file(&root.join(CLEAN_SHUTDOWN), kind)),
+            Some(kind) => return Err(crate::confined::not_a_file(&root.join(CLEAN_SHUTDOWN), kind)),
             None => false,
         };
         if was_clean {
@@ -974,7 +974,7 @@ impl CacheStore {
                 continue;
             };
             if kind != Kind::File {
-                return Err(crate::store::confined::not_a_file(&path, kind));
+                return Err(crate::confined::not_a_file(&path, kind));
             }
             if !marked.contains(&block) && !keep_clean {
                 inner.blocks.remove(name)?;

@@ -10,8 +10,7 @@
 //! options it does not know instead of failing, `-n` is accepted (there is no
 //! mtab to skip).
 
-use crate::config::{self, Definition};
-use crate::mount::MountSpec;
+use crate::config::{self, Definition, MountSpec};
 use crate::options::MountOptions;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -107,7 +106,7 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
     crate::paths::check_resolved("mountpoint", &args.mountpoint)?;
     let mut items: Vec<String> = vec![];
     if let Some(def) = &def {
-        items.push(crate::cli::options_text(&def.spec()));
+        items.push(def.options.to_string());
         if def.mountpoint != args.mountpoint {
             log::warn!(
                 "{}: mounting at {} as fstab says, not at {} as the definition says",
@@ -131,9 +130,9 @@ pub fn resolve(args: &Args, dir: &Path) -> anyhow::Result<(Option<Definition>, M
 
 /// `-f`: everything a mount would check, changing nothing.
 fn validate(def: Option<&Definition>, spec: &MountSpec) -> anyhow::Result<()> {
-    let will_create = def.is_some_and(|d| d.create.is_some()) && crate::create::holds_nothing(&spec.store)?;
+    let will_create = def.is_some_and(|d| d.create.is_some()) && crate::meta::holds_nothing(&spec.store)?;
     if !will_create && spec.remote.is_none() {
-        crate::create::load_meta(&spec.store)?;
+        crate::meta::load_explained(&spec.store)?;
     }
     let canonical = crate::mount::mountpoint_dir(&spec.mountpoint)?;
     if let Some(existing) = crate::mountinfo::mount_at(&canonical) {
@@ -186,17 +185,17 @@ pub fn main(program: &str, args: Vec<OsString>) -> ExitCode {
 
 fn mount(args: &Args) -> anyhow::Result<String> {
     let (def, spec) = resolve(args, &config_dir())?;
-    let options = crate::cli::options_text(&spec);
+    let options = spec.options.to_string();
     if args.fake {
         validate(def.as_ref(), &spec)?;
         return Ok(format!("would mount {} at {} ({options})", spec.store.display(), spec.mountpoint.display()));
     }
     if let Some(def) = &def {
-        def.create_if_empty()?;
+        crate::create::create_if_empty(def)?;
     }
     let level = def.as_ref().and_then(|d| d.log_level).unwrap_or(log::LevelFilter::Info).to_string().to_lowercase();
     let remote_def = def.as_ref().filter(|d| d.remote.is_some()).map(|d| d.file.as_path());
-    crate::cli::mount_detached(&level, &options, &spec.store, &spec.mountpoint, remote_def)?;
+    crate::mount::detach::mount_detached(&level, &spec.options, &spec.store, &spec.mountpoint, remote_def)?;
     Ok(format!("mounted {} at {} ({options})", spec.store.display(), spec.mountpoint.display()))
 }
 

@@ -1,14 +1,16 @@
 //! The life of one mount: checks, lock, FUSE session, readiness, signals,
 //! clean or lazy unmount.
 
+pub mod detach;
+
+use crate::config::MountSpec;
 use crate::fuse::ring::ENABLE_KNOB;
 use crate::fuse::ring::{ENTRIES_PER_THREAD, RingMode, Rings, StartError};
 use crate::fuse::{Disk, OnefsFs};
 use crate::image::Image;
-use crate::lock::StoreLock;
 use crate::mountinfo;
-use crate::options::MountOptions;
 use crate::probe;
+use crate::store_lock::StoreLock;
 use anyhow::{Context, bail};
 use fuser::{MountOption, SessionACL};
 use nix::mount::{MntFlags, umount2};
@@ -22,17 +24,6 @@ use std::time::{Duration, Instant};
 
 pub const FUSE_TYPE: &str = "fuse.onefs";
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
-/// Everything needed to serve one mount.
-#[derive(Debug, Clone)]
-pub struct MountSpec {
-    pub store: PathBuf,
-    pub mountpoint: PathBuf,
-    pub options: MountOptions,
-    /// Blocks in an object backend behind a local cache (`store` is then the
-    /// cache directory); `None` for a plain store directory.
-    pub remote: Option<crate::config::RemoteDef>,
-}
 
 /// Called once the mount is live (and with the error if it never gets there).
 pub trait Readiness {
@@ -54,7 +45,7 @@ pub fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
         if existing.fstype == FUSE_TYPE {
             // The holder is recorded in that mount's store, which may hang too.
             let store = PathBuf::from(&existing.source);
-            let holder = probe::ask(("holder", store.clone()), probe::LIMIT, move || crate::lock::holder(&store));
+            let holder = probe::ask(("holder", store.clone()), probe::LIMIT, move || crate::store_lock::holder(&store));
             if let Ok(Some(holder)) = holder {
                 if let Some(pid) = holder.pid {
                     by += &format!(", served by onefs pid {pid}");

@@ -3,8 +3,8 @@
 //! The kernel drops the lock when the holder exits, even after `kill -9`, so a
 //! lock is never stale. The file records who holds it, for error messages.
 
+use crate::confined::{Access, ConfinedDir};
 use crate::mountinfo;
-use crate::store::confined::{Access, ConfinedDir};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
