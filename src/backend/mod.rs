@@ -7,6 +7,9 @@
 //! a backend maps them under its own bucket, prefix or folder.
 
 pub mod dir;
+#[cfg(any(test, feature = "testing"))]
+pub mod fault;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod rclone;
 pub mod remote_lock;
@@ -16,6 +19,7 @@ use std::io;
 use std::path::Path;
 
 pub use dir::DirObjects;
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemBackend;
 pub use rclone::{RcloneBackend, RcloneConfig};
 pub use remote_lock::RemoteLock;

@@ -1,24 +1,15 @@
-//! A store for crash and failure tests: in memory, with power cuts and
-//! injected errors.
-//!
-//! [`CrashStore`] keeps two states. Writes, zeroes and deletes change the
-//! *volatile* one (what a running system sees); a successful [`sync`]
-//! makes it *durable*. [`CrashStore::power_cut`] throws the volatile state
-//! away; [`CrashStore::power_cut_partial`] is harsher and more realistic: any
-//! subset of the operations since the last sync may have reached the disk,
-//! in any combination (as with a page cache written back in no set order).
+//! Fault injection as a layer: [`Faulty`] wraps any [`BlockStore`] (the
+//! in-memory [`super::crash::CrashStore`], the real [`super::DirStore`], the
+//! cache over a backend) and makes chosen operations fail with a chosen
+//! errno before they reach it, so the same failure tests run over every
+//! store, the way s3backer stacks its test layer under any store.
 //!
 //! Failures: the next operation of a kind, every operation of a kind, or the
-//! Nth operation of any kind can be made to fail with a chosen errno, before
-//! it changes anything. A failed sync is sticky, like [`super::DirStore`]'s:
+//! Nth operation of any kind. A failed sync is sticky, as in the real stores:
 //! once a flush failed the kernel may have dropped dirty data, so every later
-//! sync fails too and nothing written since the last good sync is durable.
-//!
-//! [`sync`]: BlockStore::sync
+//! sync fails too until [`Faulty::restart`] (the machine came back).
 
 use super::{BlockStore, Zeroed};
-use crate::core::is_zero;
-use std::collections::HashMap;
 use std::io;
 use std::sync::{Mutex, MutexGuard};
 
@@ -44,219 +35,138 @@ enum Fault {
     Nth(u64, i32),
 }
 
-/// A change that has not been made durable yet.
-#[derive(Debug, Clone)]
-enum Change {
-    Write { block: u64, offset: usize, data: Vec<u8> },
-    Zero { block: u64, offset: usize, len: usize },
-    Delete { block: u64 },
-}
-
-type Blocks = HashMap<u64, Vec<u8>>;
-
 #[derive(Default)]
-struct State {
-    durable: Blocks,
-    volatile: Blocks,
-    /// Changes since the last successful sync, in order.
-    pending: Vec<Change>,
-    faults: Vec<Fault>,
+struct Faults {
+    pending: Vec<Fault>,
     ops: u64,
     injected: u64,
     sync_failed: bool,
 }
 
-pub struct CrashStore {
-    block_size: usize,
-    state: Mutex<State>,
+pub struct Faulty<S> {
+    inner: S,
+    faults: Mutex<Faults>,
 }
 
-fn apply(blocks: &mut Blocks, block_size: usize, change: &Change) {
-    match change {
-        Change::Write { block, offset, data } => {
-            let stored = blocks.entry(*block).or_insert_with(|| vec![0; block_size]);
-            stored[*offset..*offset + data.len()].copy_from_slice(data);
-        }
-        Change::Zero { block, offset, len } => {
-            if let Some(stored) = blocks.get_mut(block) {
-                stored[*offset..*offset + *len].fill(0);
-            }
-        }
-        Change::Delete { block } => {
-            blocks.remove(block);
-        }
-    }
-}
-
-impl CrashStore {
-    pub fn new(block_size: u64) -> Self {
-        Self { block_size: block_size as usize, state: Mutex::new(State::default()) }
+impl<S: BlockStore> Faulty<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner, faults: Mutex::new(Faults::default()) }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        crate::sync::lock(&self.state)
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        crate::sync::lock(&self.faults)
     }
 
     /// The next operation of kind `op` fails with `errno`.
     pub fn fail_next(&self, op: Op, errno: i32) {
-        self.state().faults.push(Fault::Next(op, errno));
+        self.faults().pending.push(Fault::Next(op, errno));
     }
 
     /// Every operation of kind `op` fails with `errno` until [`Self::clear_faults`].
     pub fn fail_always(&self, op: Op, errno: i32) {
-        self.state().faults.push(Fault::Always(op, errno));
+        self.faults().pending.push(Fault::Always(op, errno));
     }
 
     /// The `n`th operation from now (1 = the next one), of any kind, fails.
     pub fn fail_nth(&self, n: u64, errno: i32) {
-        let mut state = self.state();
-        let at = state.ops + n;
-        state.faults.push(Fault::Nth(at, errno));
+        let mut faults = self.faults();
+        let at = faults.ops + n;
+        faults.pending.push(Fault::Nth(at, errno));
     }
 
     /// Removes every pending fault (a failed sync stays failed).
     pub fn clear_faults(&self) {
-        self.state().faults.clear();
+        self.faults().pending.clear();
+    }
+
+    /// The machine restarts: faults and a failed sync are forgotten.
+    pub fn restart(&self) {
+        *self.faults() = Faults::default();
     }
 
     /// Operations seen so far, and how many of them were made to fail.
     pub fn counts(&self) -> (u64, u64) {
-        let state = self.state();
-        (state.ops, state.injected)
-    }
-
-    /// The power goes out: only what was synced survives. Faults and a
-    /// failed sync are forgotten (the machine restarts).
-    pub fn power_cut(&self) {
-        let mut state = self.state();
-        state.volatile = state.durable.clone();
-        state.pending.clear();
-        state.sync_failed = false;
-    }
-
-    /// The power goes out after the disk received some of the changes made
-    /// since the last sync: each one independently, chosen by `keep` (called
-    /// once per change, in order).
-    pub fn power_cut_partial(&self, mut keep: impl FnMut() -> bool) {
-        let mut state = self.state();
-        let mut survived = state.durable.clone();
-        for change in &state.pending {
-            if keep() {
-                apply(&mut survived, self.block_size, change);
-            }
-        }
-        state.durable = survived.clone();
-        state.volatile = survived;
-        state.pending.clear();
-        state.sync_failed = false;
-    }
-
-    /// The blocks a running system sees.
-    pub fn volatile_snapshot(&self) -> Blocks {
-        self.state().volatile.clone()
-    }
-
-    /// The blocks that would survive a power cut now.
-    pub fn durable_snapshot(&self) -> Blocks {
-        self.state().durable.clone()
+        let faults = self.faults();
+        (faults.ops, faults.injected)
     }
 
     /// Counts an operation and fails it if a fault says so.
-    fn enter(&self, op: Op) -> io::Result<MutexGuard<'_, State>> {
-        let mut state = self.state();
-        state.ops += 1;
-        let seq = state.ops;
-        let hit = state.faults.iter().position(|f| match *f {
+    fn enter(&self, op: Op) -> io::Result<()> {
+        let mut faults = self.faults();
+        faults.ops += 1;
+        let seq = faults.ops;
+        if op == Op::Sync && faults.sync_failed {
+            return Err(io::Error::other("an earlier flush failed; data written since may be lost"));
+        }
+        let hit = faults.pending.iter().position(|f| match *f {
             Fault::Next(o, _) | Fault::Always(o, _) => o == op,
             Fault::Nth(n, _) => n == seq,
         });
-        if let Some(i) = hit {
-            let errno = match state.faults[i] {
-                Fault::Next(_, e) | Fault::Always(_, e) | Fault::Nth(_, e) => e,
-            };
-            if !matches!(state.faults[i], Fault::Always(..)) {
-                state.faults.remove(i);
-            }
-            state.injected += 1;
-            if op == Op::Sync {
-                state.sync_failed = true;
-            }
-            return Err(io::Error::from_raw_os_error(errno));
+        let Some(i) = hit else { return Ok(()) };
+        let (Fault::Next(_, errno) | Fault::Always(_, errno) | Fault::Nth(_, errno)) = faults.pending[i];
+        if !matches!(faults.pending[i], Fault::Always(..)) {
+            faults.pending.remove(i);
         }
-        Ok(state)
-    }
-
-    fn check_range(&self, offset: u64, len: usize) -> io::Result<usize> {
-        let offset = offset as usize;
-        if offset.checked_add(len).is_none_or(|end| end > self.block_size) {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        faults.injected += 1;
+        if op == Op::Sync {
+            faults.sync_failed = true;
         }
-        Ok(offset)
-    }
-
-    fn change(&self, state: &mut State, change: Change) {
-        apply(&mut state.volatile, self.block_size, &change);
-        state.pending.push(change);
+        Err(io::Error::from_raw_os_error(errno))
     }
 }
 
-impl BlockStore for CrashStore {
+impl<S: BlockStore> BlockStore for Faulty<S> {
     fn list(&self) -> io::Result<Vec<u64>> {
-        let state = self.enter(Op::List)?;
-        Ok(state.volatile.keys().copied().collect())
+        self.enter(Op::List)?;
+        self.inner.list()
     }
 
     fn read_at(&self, block: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let offset = self.check_range(offset, buf.len())?;
-        let state = self.enter(Op::Read)?;
-        match state.volatile.get(&block) {
-            Some(data) => buf.copy_from_slice(&data[offset..offset + buf.len()]),
-            None => buf.fill(0),
-        }
-        Ok(())
+        self.enter(Op::Read)?;
+        self.inner.read_at(block, offset, buf)
     }
 
-    fn write_at(&self, block: u64, offset: u64, data: &[u8], _create: bool) -> io::Result<()> {
-        let offset = self.check_range(offset, data.len())?;
-        let mut state = self.enter(Op::Write)?;
-        self.change(&mut state, Change::Write { block, offset, data: data.to_vec() });
-        Ok(())
+    fn write_at(&self, block: u64, offset: u64, data: &[u8], create: bool) -> io::Result<()> {
+        self.enter(Op::Write)?;
+        self.inner.write_at(block, offset, data, create)
     }
 
     fn zero_range(&self, block: u64, offset: u64, len: u64) -> io::Result<Zeroed> {
-        let offset = self.check_range(offset, len as usize)?;
-        let mut state = self.enter(Op::Zero)?;
-        if !state.volatile.contains_key(&block) {
-            return Ok(Zeroed::AllZero);
-        }
-        self.change(&mut state, Change::Zero { block, offset, len: len as usize });
-        let all_zero = state.volatile.get(&block).is_none_or(|b| is_zero(b));
-        Ok(if all_zero { Zeroed::AllZero } else { Zeroed::MayHoldData })
+        self.enter(Op::Zero)?;
+        self.inner.zero_range(block, offset, len)
     }
 
     fn delete(&self, block: u64) -> io::Result<()> {
-        let mut state = self.enter(Op::Delete)?;
-        self.change(&mut state, Change::Delete { block });
-        Ok(())
+        self.enter(Op::Delete)?;
+        self.inner.delete(block)
     }
 
     fn sync(&self) -> io::Result<()> {
-        let mut state = self.enter(Op::Sync)?;
-        if state.sync_failed {
-            return Err(io::Error::other("an earlier flush failed; data written since may be lost"));
-        }
-        state.durable = state.volatile.clone();
-        state.pending.clear();
-        Ok(())
+        self.enter(Op::Sync)?;
+        self.inner.sync()
+    }
+
+    fn stored_bytes(&self, block: u64) -> Option<u64> {
+        self.inner.stored_bytes(block)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Geometry;
+    use crate::backend::MemBackend;
+    use crate::backend::fault::FaultyBackend;
+    use crate::core::{Geometry, is_zero};
     use crate::errors::errno;
     use crate::image::Image;
+    use crate::store::DirStore;
+    use crate::store::cache::{CacheConfig, CacheStore, Durability};
+    use crate::store::crash::CrashStore;
     use proptest::prelude::*;
     use std::sync::Arc;
 
@@ -264,11 +174,57 @@ mod tests {
     const BLOCKS: u64 = 6;
     const SIZE: usize = (BS * BLOCKS) as usize;
 
-    fn setup() -> (Arc<CrashStore>, Geometry, Image) {
-        let store = Arc::new(CrashStore::new(BS));
-        let geometry = Geometry::new(BLOCKS * BS, BS).unwrap();
-        let image = Image::open(geometry, store.clone()).unwrap();
-        (store, geometry, image)
+    fn geometry() -> Geometry {
+        Geometry::new(BLOCKS * BS, BS).unwrap()
+    }
+
+    fn setup() -> (Arc<Faulty<CrashStore>>, Geometry, Image) {
+        let store = Arc::new(Faulty::new(CrashStore::new(BS)));
+        let image = Image::open(geometry(), store.clone()).unwrap();
+        (store, geometry(), image)
+    }
+
+    /// The real directory store, in a fresh directory.
+    fn dir_store() -> (Arc<Faulty<DirStore>>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path(), geometry(), false).unwrap();
+        (Arc::new(Faulty::new(store)), dir)
+    }
+
+    /// The cache over a backend that can fail: what a remote mount runs on.
+    struct CacheStack {
+        backend: Arc<FaultyBackend<MemBackend>>,
+        meta: crate::meta::Meta,
+        dir: tempfile::TempDir,
+    }
+
+    impl CacheStack {
+        fn new() -> Self {
+            let backend = Arc::new(FaultyBackend::new(MemBackend::new()));
+            Self { backend, meta: crate::meta::Meta::new(&geometry()), dir: tempfile::tempdir().unwrap() }
+        }
+
+        fn config(&self, cache: &str) -> CacheConfig {
+            let mut config = CacheConfig::new(&self.dir.path().join(cache));
+            config.size = 3 * BS;
+            config.upload_workers = 2;
+            config.upload_delay = std::time::Duration::from_millis(20);
+            config.retry_timeout = std::time::Duration::from_millis(200);
+            config.durability = Durability::Local;
+            config
+        }
+
+        fn open(&self, cache: &str) -> Arc<Faulty<CacheStore>> {
+            self.open_sized(cache, 3)
+        }
+
+        /// With room for `blocks` cached blocks.
+        fn open_sized(&self, cache: &str, blocks: u64) -> Arc<Faulty<CacheStore>> {
+            let mut config = self.config(cache);
+            config.size = blocks * BS;
+            let store = CacheStore::open(self.backend.clone(), &self.meta, &config).unwrap();
+            Arc::new(Faulty::new(store))
+        }
     }
 
     fn read_all(image: &Image) -> Vec<u8> {
@@ -284,7 +240,7 @@ mod tests {
         image.sync().unwrap();
         image.write(10, b"VOLATIL").unwrap();
         image.write(3 * BS, b"lost").unwrap();
-        store.power_cut();
+        store.inner().power_cut();
         let image = Image::open(geometry, store.clone()).unwrap();
         let all = read_all(&image);
         assert_eq!(&all[10..17], b"durable");
@@ -342,8 +298,9 @@ mod tests {
         assert!(image.sync().is_err());
         image.write(BS, b"three").unwrap();
         assert!(image.sync().is_err());
-        assert_eq!(store.durable_snapshot()[&0][..3], *b"one");
-        store.power_cut();
+        assert_eq!(store.inner().durable_snapshot()[&0][..3], *b"one");
+        store.inner().power_cut();
+        store.restart();
         let image = Image::open(geometry, store.clone()).unwrap();
         let all = read_all(&image);
         assert_eq!(&all[..3], b"one");
@@ -412,6 +369,85 @@ mod tests {
         }
     }
 
+    /// With failures injected at random operations of `store`, the image
+    /// never panics, every failure is an Err with the injected errno, a
+    /// failed write leaves each byte it covered at its old or new value, and
+    /// afterwards the map agrees with what the store lists.
+    fn random_failures<S: BlockStore + 'static>(
+        store: Arc<Faulty<S>>,
+        steps: &[Step],
+        fail_at: Vec<u64>,
+        enospc: bool,
+    ) -> Result<(), TestCaseError> {
+        let geometry = geometry();
+        let image = Image::open(geometry, store.clone()).unwrap();
+        let code = if enospc { libc::ENOSPC } else { libc::EIO };
+        for n in fail_at {
+            store.fail_nth(n, code);
+        }
+        let mut model = Model::new();
+        let mut sync_failed = false;
+        for step in steps {
+            match step {
+                Step::Write { offset, data } => match image.write(*offset, data) {
+                    Ok(n) => (0..n).for_each(|i| model.set(*offset as usize + i, data[i])),
+                    Err(e) => {
+                        prop_assert_eq!(errno(&e), code);
+                        let end = (*offset as usize + data.len()).min(SIZE);
+                        for at in *offset as usize..end {
+                            let new = data[at - *offset as usize];
+                            // Either value may now be there; allow both from here on.
+                            model.since[at].push(model.current[at]);
+                            model.since[at].push(new);
+                            model.current[at] = new;
+                        }
+                        // Re-read to learn what is really there.
+                        let mut buf = vec![0u8; end - *offset as usize];
+                        read_through_faults(&image, *offset, &mut buf, code)?;
+                        for (i, &v) in buf.iter().enumerate() {
+                            let at = *offset as usize + i;
+                            prop_assert!(model.since[at].contains(&v), "failed write left byte {} = {:#x}", at, v);
+                            model.current[at] = v;
+                        }
+                    }
+                },
+                Step::Punch { offset, len } => {
+                    let end = (offset + len).min(SIZE as u64) as usize;
+                    match image.punch(*offset, *len) {
+                        Ok(()) => (*offset as usize..end.max(*offset as usize)).for_each(|at| model.set(at, 0)),
+                        Err(e) => {
+                            prop_assert_eq!(errno(&e), code);
+                            let mut buf = vec![0u8; end.saturating_sub(*offset as usize)];
+                            read_through_faults(&image, *offset, &mut buf, code)?;
+                            for (i, &v) in buf.iter().enumerate() {
+                                let at = *offset as usize + i;
+                                prop_assert!(v == 0 || v == model.current[at]);
+                                model.set(at, v);
+                            }
+                        }
+                    }
+                }
+                Step::Sync => match image.sync() {
+                    Ok(()) => {
+                        prop_assert!(!sync_failed, "a sync succeeded after a failed one");
+                        model.sync();
+                    }
+                    Err(_) => sync_failed = true,
+                },
+            }
+        }
+        store.clear_faults();
+        prop_assert_eq!(read_all(&image), model.current.clone());
+        // The map agrees with the store after all those failures.
+        let reopened = Image::open(geometry, store.clone()).unwrap();
+        prop_assert_eq!(read_all(&reopened), model.current.clone());
+        let mut listed = store.inner().list().unwrap();
+        listed.sort();
+        let mapped: Vec<u64> = (0..BLOCKS).filter(|&b| image.is_stored(b)).collect();
+        prop_assert_eq!(listed, mapped, "the map and the store disagree");
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -453,13 +489,14 @@ mod tests {
             drop(image);
             if partial {
                 let mut bits = keep_bits;
-                store.power_cut_partial(|| {
+                store.inner().power_cut_partial(|| {
                     bits = bits.rotate_right(1);
                     bits & 1 == 1
                 });
             } else {
-                store.power_cut();
+                store.inner().power_cut();
             }
+            store.restart();
             let image = Image::open(geometry, store.clone()).unwrap();
             let all = read_all(&image);
             for (at, &value) in all.iter().enumerate() {
@@ -476,79 +513,104 @@ mod tests {
             image.sync().unwrap();
         }
 
-        /// With failures injected at random operations, the image never
-        /// panics, every failure is an Err with the injected errno, and a
-        /// failed write leaves each byte it covered at its old or new value.
+        /// The same, over the in-memory disk, the real directory store and
+        /// the cache over a backend that fails now and then too.
         #[test]
         fn random_failures_are_errors_never_panics(
             steps in prop::collection::vec(step(), 1..40),
             fail_at in prop::collection::vec(1u64..60, 0..6),
             enospc in any::<bool>(),
         ) {
-            let (store, geometry, image) = setup();
-            let code = if enospc { libc::ENOSPC } else { libc::EIO };
-            for n in fail_at {
-                store.fail_nth(n, code);
-            }
+            random_failures(setup().0, &steps, fail_at, enospc)?;
+        }
+
+        #[test]
+        fn random_failures_of_the_directory_store_are_errors_never_panics(
+            steps in prop::collection::vec(step(), 1..40),
+            fail_at in prop::collection::vec(1u64..60, 0..6),
+            enospc in any::<bool>(),
+        ) {
+            let (store, _dir) = dir_store();
+            random_failures(store, &steps, fail_at, enospc)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_failures_of_the_cache_are_errors_never_panics(
+            steps in prop::collection::vec(step(), 1..30),
+            fail_at in prop::collection::vec(1u64..60, 0..6),
+            enospc in any::<bool>(),
+        ) {
+            let stack = CacheStack::new();
+            random_failures(stack.open("cache"), &steps, fail_at, enospc)?;
+        }
+
+        /// kill -9 of the daemon at any point over the cache stack: after a
+        /// restart from the cache directory and the backend, every write
+        /// made reads back (the page cache survives a killed process); once
+        /// the uploads drained, the backend alone, behind a new empty cache,
+        /// holds exactly the same image.
+        #[test]
+        fn a_killed_cache_restarts_with_every_write_and_the_backend_ends_up_with_them(
+            steps in prop::collection::vec(step(), 1..30),
+            cut in any::<prop::sample::Index>(),
+            outage in any::<bool>(),
+        ) {
+            let stack = CacheStack::new();
+            // Room for the whole image: a cache full of dirty blocks during
+            // an outage makes writers wait for the backend (issue 21).
+            let store = stack.open_sized("cache", BLOCKS);
+            let image = Image::open(geometry(), store.clone()).unwrap();
             let mut model = Model::new();
-            let mut sync_failed = false;
-            for step in &steps {
-                match step {
-                    Step::Write { offset, data } => match image.write(*offset, data) {
-                        Ok(n) => (0..n).for_each(|i| model.set(*offset as usize + i, data[i])),
-                        Err(e) => {
-                            prop_assert_eq!(errno(&e), code);
-                            let end = (*offset as usize + data.len()).min(SIZE);
-                            for at in *offset as usize..end {
-                                let new = data[at - *offset as usize];
-                                // Either value may now be there; allow both from here on.
-                                model.since[at].push(model.current[at]);
-                                model.since[at].push(new);
-                                model.current[at] = new;
-                            }
-                            // Re-read to learn what is really there.
-                            let mut buf = vec![0u8; end - *offset as usize];
-                            read_through_faults(&image, *offset, &mut buf, code)?;
-                            for (i, &v) in buf.iter().enumerate() {
-                                let at = *offset as usize + i;
-                                prop_assert!(model.since[at].contains(&v), "failed write left byte {} = {:#x}", at, v);
-                                model.current[at] = v;
-                            }
-                        }
-                    },
-                    Step::Punch { offset, len } => {
-                        let end = (offset + len).min(SIZE as u64) as usize;
-                        match image.punch(*offset, *len) {
-                            Ok(()) => (*offset as usize..end.max(*offset as usize)).for_each(|at| model.set(at, 0)),
-                            Err(e) => {
-                                prop_assert_eq!(errno(&e), code);
-                                let mut buf = vec![0u8; end.saturating_sub(*offset as usize)];
-                                read_through_faults(&image, *offset, &mut buf, code)?;
-                                for (i, &v) in buf.iter().enumerate() {
-                                    let at = *offset as usize + i;
-                                    prop_assert!(v == 0 || v == model.current[at]);
-                                    model.set(at, v);
-                                }
-                            }
-                        }
-                    }
-                    Step::Sync => match image.sync() {
-                        Ok(()) => {
-                            prop_assert!(!sync_failed, "a sync succeeded after a failed one");
-                            model.sync();
-                        }
-                        Err(_) => sync_failed = true,
-                    },
+            let cut = cut.index(steps.len() + 1);
+            // A backend outage while writing: only blocks that must be
+            // fetched (uncached, stored remotely) can fail then.
+            stack.backend.set_down(outage);
+            let mut failed = false;
+            for step in &steps[..cut] {
+                let done = match step {
+                    Step::Write { offset, data } => image.write(*offset, data).map(|n| {
+                        (0..n).for_each(|i| model.set(*offset as usize + i, data[i]));
+                    }),
+                    Step::Punch { offset, len } => image.punch(*offset, *len).map(|()| {
+                        let end = (offset + len).min(SIZE as u64);
+                        (*offset..end).for_each(|at| model.set(at as usize, 0));
+                    }),
+                    Step::Sync => image.sync().map(|()| model.sync()),
+                };
+                if done.is_err() {
+                    prop_assert!(outage, "a step failed with the backend up: {:?}", done);
+                    failed = true;
+                    break;
                 }
             }
-            store.clear_faults();
-            prop_assert_eq!(read_all(&image), model.current.clone());
-            // The map agrees with the store after all those failures.
-            let reopened = Image::open(geometry, store.clone()).unwrap();
-            prop_assert_eq!(read_all(&reopened), model.current.clone());
-            for b in 0..BLOCKS {
-                prop_assert_eq!(image.is_stored(b), store.volatile_snapshot().contains_key(&b));
+            if !failed {
+                prop_assert_eq!(read_all(&image), model.current.clone());
             }
+            // kill -9: no flush, no clean shutdown.
+            drop(image);
+            drop(store);
+            stack.backend.set_down(false);
+            let store = stack.open_sized("cache", BLOCKS);
+            let image = Image::open(geometry(), store.clone()).unwrap();
+            let after = read_all(&image);
+            if !failed {
+                prop_assert_eq!(&after, &model.current, "a write was lost across the kill");
+            }
+            for (at, &value) in after.iter().enumerate() {
+                prop_assert!(model.allowed(at, value), "byte {} reads {:#x}", at, value);
+            }
+            store.inner().flush().unwrap();
+            store.inner().close().unwrap();
+            drop(image);
+            drop(store);
+            let fresh = stack.open("empty-cache");
+            let from_backend = read_all(&Image::open(geometry(), fresh.clone()).unwrap());
+            prop_assert_eq!(from_backend, after, "the backend does not hold the image");
+            fresh.inner().close().unwrap();
         }
     }
 }

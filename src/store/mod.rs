@@ -9,13 +9,18 @@
 
 pub mod blockfile;
 pub mod cache;
+#[cfg(any(test, feature = "testing"))]
+pub mod crash;
 pub mod dir;
+#[cfg(any(test, feature = "testing"))]
 pub mod fault;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 use std::io;
 
 pub use dir::DirStore;
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemStore;
 
 /// What is known about a block after part of it was zeroed.
