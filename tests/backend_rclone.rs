@@ -2,11 +2,12 @@
 //! installed by the tests when missing): a local-directory remote, and a
 //! slow webdav remote standing in for a cloud drive.
 
-mod remote;
+mod common;
 
+use common::remote::{RcloneServe, rclone_bin, scratch};
+use common::wait_until;
 use onefs::backend::rclone::RcloneConfig;
 use onefs::backend::{ObjectBackend, RcloneBackend, block_key};
-use remote::{RcloneServe, rclone_bin, scratch, wait_until};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -92,10 +93,9 @@ fn put_get_list_delete_on_a_local_remote() {
     // Dropping the backend stops its rcd and removes its runtime directory.
     let pid = b.rcd_pid().expect("running") as i32;
     drop(b);
-    assert!(
-        wait_until(Duration::from_secs(5), || unsafe { libc::kill(pid, 0) } != 0),
-        "rcd {pid} outlived its backend"
-    );
+    // SAFETY: signal 0 only asks whether the process exists.
+    let gone = || unsafe { libc::kill(pid, 0) } != 0;
+    wait_until(&format!("rcd {pid} to end with its backend"), Duration::from_secs(5), gone);
 }
 
 #[test]
@@ -212,7 +212,7 @@ fn the_remote_lock_works_over_rclone() {
     assert!(err.contains("is mounted by") && err.contains("at /srv/a"), "{err}");
     assert_eq!(RemoteLock::break_lock(&*host_b).unwrap().map(|i| i.mountpoint).as_deref(), Some("/srv/a"));
     let b = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || a.lost()));
+    wait_until("host a to notice it lost the lock", Duration::from_secs(5), || a.lost());
     drop(a);
     b.release().unwrap();
     assert_eq!(read_lock(&*host_a).unwrap(), None);

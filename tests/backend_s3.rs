@@ -1,10 +1,11 @@
 //! The `s3` backend against a real single-node Garage on loopback.
 
-mod remote;
+mod common;
 
+use common::remote::{self, Garage};
+use common::wait_until;
 use onefs::backend::s3::{Retry, S3Credentials};
 use onefs::backend::{ObjectBackend, S3Backend, block_key};
-use remote::Garage;
 use std::time::{Duration, Instant};
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -165,7 +166,7 @@ fn the_remote_lock_admits_one_mount_and_can_be_broken() {
     let broken = RemoteLock::break_lock(&*host_b).unwrap().expect("a lock to break");
     assert_eq!(broken.mountpoint, "/srv/a");
     let b = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).unwrap();
-    assert!(remote::wait_until(Duration::from_secs(5), || a.lost()), "host a notices it lost the lock");
+    wait_until("host a to notice it lost the lock", Duration::from_secs(5), || a.lost());
     drop(a);
     assert_eq!(read_lock(&*host_a).unwrap().unwrap().mountpoint, "/srv/b", "a's release leaves b's lock alone");
     b.release().unwrap();
