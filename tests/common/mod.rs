@@ -6,11 +6,14 @@
 //! - here: running onefs and tools, root, scratch directories, waiting,
 //!   mountinfo, the store lock, the mount/loop/inner-mount guards, data
 //!   patterns, the io_uring knob and a pids cgroup;
+//! - [`skip`]: prerequisites a test needs, and `ONEFS_TEST_ALLOW_SKIP`;
 //! - [`remote`]: Garage (S3) and rclone servers on loopback.
 #![allow(dead_code)]
 
 pub mod remote;
+pub mod skip;
 
+use skip::Prereq;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -53,6 +56,15 @@ pub fn has_program(program: &str) -> bool {
 /// missing tool must not turn into a skipped test.
 pub fn require_program(program: &str, package: &str) {
     assert!(has_program(program), "{program} is not installed: install {package} (scripts/deps does)");
+}
+
+/// Whether a real systemd can be booted in a container here (tests/systemd:
+/// systemd-nspawn and debootstrap installed). If not, the test fails, or
+/// with `ONEFS_TEST_ALLOW_SKIP=systemd` this is false and the test returns.
+#[track_caller]
+pub fn require_systemd_container() -> bool {
+    let missing: Vec<&str> = ["systemd-nspawn", "debootstrap"].into_iter().filter(|p| !has_program(p)).collect();
+    skip::require(Prereq::Systemd, missing.is_empty(), &format!("{} not on the PATH", missing.join(" and ")))
 }
 
 /// A unique directory under `$ONEFS_TEST_DIR`, else `/var/tmp` (a real disk,
@@ -425,10 +437,13 @@ pub struct RingKnob {
 }
 
 impl RingKnob {
-    /// `None` (saying so) on a kernel without FUSE over io_uring.
+    /// On a kernel without FUSE over io_uring the test fails here, or with
+    /// `ONEFS_TEST_ALLOW_SKIP=io_uring` this is `None` (said on the
+    /// terminal) and the test returns: see [`skip`].
+    #[track_caller]
     pub fn set(on: bool) -> Option<Self> {
-        if !Path::new(RING_KNOB).exists() {
-            eprintln!("skipped: this kernel has no FUSE over io_uring ({RING_KNOB} is missing)");
+        let missing = format!("this kernel has no FUSE over io_uring ({RING_KNOB} is missing)");
+        if !skip::require(Prereq::IoUring, Path::new(RING_KNOB).exists(), &missing) {
             return None;
         }
         let lock = lock_knob(nix::fcntl::FlockArg::LockExclusive);
@@ -471,7 +486,10 @@ pub fn knob_steady() -> Option<nix::fcntl::Flock<fs::File>> {
 pub struct PidsCgroup(PathBuf);
 
 impl PidsCgroup {
-    /// `None` (saying so) where there is no pids controller to use.
+    /// Where there is no pids controller the test fails here, or with
+    /// `ONEFS_TEST_ALLOW_SKIP=pids_cgroup` this is `None` (said on the
+    /// terminal) and the test returns: see [`skip`].
+    #[track_caller]
     pub fn new() -> Option<Self> {
         let v2 = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
             .is_ok_and(|list| list.split_whitespace().any(|c| c == "pids"));
@@ -482,7 +500,9 @@ impl PidsCgroup {
         } else if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
             PathBuf::from("/sys/fs/cgroup/pids")
         } else {
-            eprintln!("skipped: no pids cgroup controller on this machine");
+            let missing =
+                "no pids cgroup controller (neither in /sys/fs/cgroup/cgroup.controllers nor at /sys/fs/cgroup/pids)";
+            skip::require(Prereq::PidsCgroup, false, missing);
             return None;
         };
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
