@@ -34,7 +34,9 @@ pub trait ObjectBackend: Send + Sync {
     /// Uploads a local file as an object (backends that can stream or copy
     /// a file, like rclone's `operations/copyfile`, override this).
     fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
-        let data = std::fs::read(path).map_err(|e| crate::errors::context(path.display(), e))?;
+        let data = std::fs::read(path).map_err(|e| {
+            crate::errors::context(format!("{}: PUT {key} from {}", self.describe(), path.display()), e)
+        })?;
         self.put(key, &data)
     }
 
