@@ -21,6 +21,9 @@ pub use memory::MemBackend;
 pub use rclone::{RcloneBackend, RcloneConfig};
 pub use s3::{S3Backend, S3Config};
 
+/// Whole objects by key. What the methods promise is checked for every
+/// backend by one function, `check_contract` in tests/backend_contract.rs:
+/// a new backend gets a test there.
 pub trait ObjectBackend: Send + Sync {
     /// Where this backend points, for messages (`s3://bucket/prefix`).
     fn describe(&self) -> String;

@@ -18,7 +18,7 @@
 
 use super::poll_until;
 use onefs::backend::s3::{Retry, S3Credentials};
-use onefs::backend::{S3Backend, S3Config};
+use onefs::backend::{RcloneConfig, S3Backend, S3Config};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -290,6 +290,25 @@ pub fn rclone_bin() -> PathBuf {
         venv_bin
     })
     .clone()
+}
+
+/// An rclone backend's config for `remote` with the current rclone and
+/// `rclone_conf` as its config file.
+pub fn rclone_config(remote: &str, rclone_conf: &Path) -> RcloneConfig {
+    RcloneConfig {
+        remote: remote.into(),
+        rclone_config: Some(rclone_conf.to_path_buf()),
+        rclone: Some(rclone_bin()),
+        args: vec![],
+        timeout: Some(60),
+    }
+}
+
+/// An empty rclone config file in `dir`, so the user's own remotes play no part.
+pub fn empty_rclone_conf(dir: &Path) -> PathBuf {
+    let p = dir.join("rclone.conf");
+    std::fs::write(&p, "").expect("write rclone.conf");
+    p
 }
 
 /// `rclone serve webdav DIR` on 127.0.0.1 (killed on drop).
