@@ -47,3 +47,9 @@ pub mod status;
 pub mod store;
 pub mod store_lock;
 pub mod sync;
+
+/// Unit tests' side of `ONEFS_TEST_ALLOW_SKIP`: the one implementation, shared
+/// with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+pub(crate) mod test_skip;

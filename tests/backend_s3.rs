@@ -1,68 +1,21 @@
-//! The `s3` backend against a real single-node Garage on loopback.
+//! What only the `s3` backend does, against a real single-node Garage on
+//! loopback: listing pages, credentials, outages and retries, the remote
+//! lock. The put/get/list/delete contract every backend keeps is in
+//! tests/backend_contract.rs.
 
-mod remote;
+mod common;
 
+use common::remote::Garage;
+use common::wait_until;
 use onefs::backend::s3::{Retry, S3Credentials};
 use onefs::backend::{ObjectBackend, S3Backend, block_key};
-use remote::Garage;
 use std::time::{Duration, Instant};
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-}
-
-#[test]
-fn put_get_list_delete_and_missing_objects() {
-    let garage = Garage::start();
-    let b = garage.backend("data");
-    assert_eq!(b.describe(), format!("s3://{}/data/", garage.bucket));
-    assert_eq!(b.get("onefs.json").unwrap(), None, "a missing object is None");
-    b.delete("d0000/blk-000001").unwrap(); // deleting a missing object is fine
-
-    b.put("onefs.json", b"{\"format\":\"onefs\"}").unwrap();
-    let block = pattern(7, 4 << 20);
-    let t = Instant::now();
-    b.put(&block_key(0, "blk-000001"), &block).unwrap();
-    let put_ms = t.elapsed().as_secs_f64() * 1e3;
-    let t = Instant::now();
-    let back = b.get("d0000/blk-000001").unwrap().expect("stored");
-    let get_ms = t.elapsed().as_secs_f64() * 1e3;
-    assert!(back == block, "the block reads back as written");
-    eprintln!("garage: 4 MiB put {put_ms:.1} ms, get {get_ms:.1} ms");
-
-    // put_file uploads a local file; overwrite replaces.
-    let dir = remote::scratch("s3file");
-    let file = dir.path().join("cached-block");
-    std::fs::write(&file, pattern(9, 1 << 20)).unwrap();
-    b.put_file("d0001/blk-001001", &file).unwrap();
-    assert_eq!(b.get("d0001/blk-001001").unwrap(), Some(pattern(9, 1 << 20)));
-    b.put("d0001/blk-001001", b"new").unwrap();
-    assert_eq!(b.get("d0001/blk-001001").unwrap().as_deref(), Some(&b"new"[..]));
-    let err = b.put_file("x", &dir.path().join("absent")).unwrap_err().to_string();
-    assert!(err.contains("absent") && err.contains("PUT x"), "{err}");
-
-    let mut keys = b.list("").unwrap();
-    keys.sort();
-    assert_eq!(keys, ["d0000/blk-000001", "d0001/blk-001001", "onefs.json"]);
-    assert_eq!(b.list("d0001/").unwrap(), ["d0001/blk-001001"]);
-    assert!(b.list("d0002/").unwrap().is_empty());
-
-    // Another prefix in the same bucket sees nothing of this one.
-    let other = garage.backend("other/");
-    assert!(other.list("").unwrap().is_empty());
-    assert_eq!(other.get("onefs.json").unwrap(), None);
-
-    b.delete("d0000/blk-000001").unwrap();
-    assert_eq!(b.get("d0000/blk-000001").unwrap(), None);
-    let mut keys = b.list("").unwrap();
-    keys.sort();
-    assert_eq!(keys, ["d0001/blk-001001", "onefs.json"]);
-}
 
 #[test]
 fn listing_follows_continuation_pages() {
     let garage = Garage::start();
     let mut b = garage.backend("paged");
+    assert_eq!(b.describe(), format!("s3://{}/paged/", garage.bucket));
     b.set_page_size(7);
     let mut expected: Vec<String> =
         (0..45u64).map(|n| block_key(n * 100, &format!("blk-{:06}", n * 100 + 1))).collect();
@@ -165,7 +118,7 @@ fn the_remote_lock_admits_one_mount_and_can_be_broken() {
     let broken = RemoteLock::break_lock(&*host_b).unwrap().expect("a lock to break");
     assert_eq!(broken.mountpoint, "/srv/a");
     let b = RemoteLock::acquire_with(host_b.clone(), Path::new("/srv/b"), timing).unwrap();
-    assert!(remote::wait_until(Duration::from_secs(5), || a.lost()), "host a notices it lost the lock");
+    wait_until("host a to notice it lost the lock", Duration::from_secs(5), || a.lost());
     drop(a);
     assert_eq!(read_lock(&*host_a).unwrap().unwrap().mountpoint, "/srv/b", "a's release leaves b's lock alone");
     b.release().unwrap();

@@ -78,11 +78,7 @@ impl Writer {
 }
 
 fn wait_pid_gone(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "pid {pid} did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&format!("pid {pid} to exit"), Duration::from_secs(20), || !Path::new(&format!("/proc/{pid}")).exists());
 }
 
 fn kill9(pid: i32) {

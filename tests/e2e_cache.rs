@@ -2,12 +2,11 @@
 //! served by `onefs run` for real (FUSE, loop device, ext4).
 
 mod common;
-mod remote;
 
 use common::*;
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,11 +77,8 @@ impl Setup {
             .spawn()
             .expect("start onefs run");
         let served = Served { child, mountpoint: self.mountpoint.clone(), cache: self.cache.clone() };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_onefs_mount(&self.mountpoint) {
-            assert!(Instant::now() < deadline, "mount did not come up: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let up = poll_until(Duration::from_secs(30), || is_live_onefs_mount(&self.mountpoint));
+        assert!(up, "mount did not come up: {}", self.log());
         served
     }
 
@@ -105,13 +101,6 @@ impl Setup {
     fn disk(&self) -> PathBuf {
         self.mountpoint.join("disk.img")
     }
-}
-
-fn is_onefs_mount(path: &Path) -> bool {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let path = path.to_string_lossy().replace(' ', "\\040");
-    text.lines().any(|l| l.split(' ').nth(4) == Some(path.as_str()) && l.contains(" - fuse.onefs "))
-        && nix::sys::statfs::statfs(path.as_str()).is_ok()
 }
 
 /// A running `onefs run`; unmounts and waits for it on drop.
@@ -139,19 +128,6 @@ impl Served {
     }
 }
 
-fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Drop for Served {
     fn drop(&mut self) {
         if Command::new("umount").arg(&self.mountpoint).status().map_or(true, |s| !s.success()) {
@@ -162,14 +138,6 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
         let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::skip::Prereq;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -11,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs a test body over each transport, as `NAME::over_dev_fuse` and
-/// `NAME::over_io_uring` (skipped, saying so, on a kernel without it).
+/// `NAME::over_io_uring` (which needs FUSE over io_uring: see [`RingKnob::set`]).
 macro_rules! over_both_transports {
     ($name:ident) => {
         mod $name {
@@ -569,14 +570,16 @@ impl SysctlGuard {
     }
 }
 
-/// Sets `kernel.io_uring_disabled` until dropped; `None` (saying so) on a
-/// kernel without it.
+/// Sets `kernel.io_uring_disabled` until dropped. On a kernel without it the
+/// test fails, or with `ONEFS_TEST_ALLOW_SKIP=io_uring_sysctl` this is
+/// `None` (said on the terminal) and the test returns.
+#[track_caller]
 fn io_uring_disabled(value: &str) -> Option<SysctlGuard> {
-    let guard = SysctlGuard::set(IO_URING_DISABLED, value);
-    if guard.is_none() {
-        eprintln!("skipped: this kernel has no kernel.io_uring_disabled");
+    let present = Path::new(IO_URING_DISABLED).exists();
+    if !skip::require(Prereq::IoUringSysctl, present, &format!("this kernel has no {IO_URING_DISABLED}")) {
+        return None;
     }
-    guard
+    Some(SysctlGuard::set(IO_URING_DISABLED, value).unwrap_or_else(|| panic!("cannot set {IO_URING_DISABLED}")))
 }
 
 const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";

@@ -8,17 +8,15 @@
 //! Each test builds the packages it needs from the test binary into its own
 //! temporary directory (a few seconds). Needs root and the packages dpkg-dev,
 //! rpm and lintian (scripts/deps); the container test also systemd-container
-//! and debootstrap, and is skipped with ONEFS_SKIP_SYSTEMD_TEST=1.
+//! and debootstrap (where they cannot be had, `ONEFS_TEST_ALLOW_SKIP=systemd`
+//! lets it skip, saying so).
 
+mod common;
+
+use common::{onefs_bin, repo, require_root, require_systemd_container, scratch_dir};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_onefs");
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -28,11 +26,6 @@ fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed ({:?}):\n{}", out.status, text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn scratch(prefix: &str) -> tempfile::TempDir {
-    let base = std::env::var_os("ONEFS_TEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    tempfile::Builder::new().prefix(prefix).tempdir_in(base).unwrap()
 }
 
 /// Cargo.toml's [package] table.
@@ -57,13 +50,10 @@ struct Built {
 
 /// Runs packaging/build on the test binary; `which` is "", "--deb-only" or "--rpm-only".
 fn build(which: &str) -> Built {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the packaging tests need root (packaging/build may apt-get install tools)"
-    );
-    let dir = scratch("onefs-packages.");
+    require_root(); // packaging/build may apt-get install tools
+    let dir = scratch_dir("onefs-packages.");
     let mut cmd = Command::new(repo("packaging/build"));
-    cmd.args(["--bin", BIN, "--out"]).arg(dir.path());
+    cmd.args(["--bin", onefs_bin(), "--out"]).arg(dir.path());
     if !which.is_empty() {
         cmd.arg(which);
     }
@@ -172,7 +162,7 @@ fn deb_carries_the_files_metadata_and_scripts() {
         assert!(["fuse3", "libc6", "libgcc-s1"].contains(&name), "unneeded dependency {d}");
     }
 
-    let dir = scratch("onefs-debctl.");
+    let dir = scratch_dir("onefs-debctl.");
     run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(dir.path().join("DEBIAN")));
     let script = |s: &str| std::fs::read_to_string(dir.path().join("DEBIAN").join(s)).unwrap();
     let (postinst, prerm, postrm) = (script("postinst"), script("prerm"), script("postrm"));
@@ -289,7 +279,7 @@ fn rpm_carries_the_same_files_and_scriptlets() {
 #[test]
 fn rpm_installs_into_a_root_and_erases() {
     let built = build("--rpm-only");
-    let root = scratch("onefs-rpmroot.");
+    let root = scratch_dir("onefs-rpmroot.");
     // a /bin/sh in the root, so the scriptlets really run (chrooted, no systemd there)
     let ldd = run(Command::new("ldd").arg("/bin/sh"));
     let mut copy = vec![PathBuf::from("/bin/sh")];
@@ -331,8 +321,7 @@ fn rpm_installs_into_a_root_and_erases() {
 
 #[test]
 fn deb_installs_and_serves_under_a_real_systemd() {
-    if std::env::var_os("ONEFS_SKIP_SYSTEMD_TEST").is_some() {
-        eprintln!("SKIPPED: ONEFS_SKIP_SYSTEMD_TEST is set");
+    if !require_systemd_container() {
         return;
     }
     let built = build("--deb-only");

@@ -2,20 +2,13 @@
 //! `onefs cleanup` and the `mount.fuse.onefs` helper, on the host (root and
 //! /dev/fuse needed), with a fake sd_notify socket.
 
+mod common;
+
+use common::*;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_onefs");
-
-fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "these tests mount FUSE filesystems: run them as root");
-}
-
-fn onefs(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("cannot run onefs")
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -26,44 +19,23 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn is_onefs_mount(mountpoint: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mp = mountpoint.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| {
-        l.split(' ').nth(4) == Some(mp.as_str()) && l.split(" - ").nth(1).is_some_and(|r| r.starts_with("fuse.onefs "))
-    })
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A scratch directory whose mounts are lazily detached and whose processes
 /// are killed on drop, even when the test fails.
-struct Scratch {
-    dir: tempfile::TempDir,
+struct Service {
+    scratch: Scratch,
     children: Vec<Child>,
 }
 
-impl Scratch {
+impl std::ops::Deref for Service {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        &self.scratch
+    }
+}
+
+impl Service {
     fn new() -> Self {
-        require_root();
-        Self {
-            dir: tempfile::Builder::new().prefix("onefs-svc-").tempdir_in("/var/tmp").expect("tempdir"),
-            children: vec![],
-        }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn dir(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::create_dir_all(&p).expect("mkdir");
-        p
+        Self { scratch: Scratch::new(), children: vec![] }
     }
     /// Writes CONF/NAME.toml for a store and mountpoint under the scratch dir.
     fn define(&self, name: &str, extra: &str) -> (PathBuf, PathBuf) {
@@ -82,7 +54,7 @@ impl Scratch {
         (store, mnt)
     }
     fn spawn(&mut self, args: &[&str], env: &[(&str, &str)]) -> u32 {
-        let child = Command::new(BIN)
+        let child = Command::new(onefs_bin())
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -97,24 +69,17 @@ impl Scratch {
     fn wait_exit(&mut self, pid: u32) -> std::process::ExitStatus {
         let i = self.children.iter().position(|c| c.id() == pid).expect("known child");
         let mut child = self.children.remove(i);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("onefs pid {pid} did not exit; stderr: {}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("onefs pid {pid} did not exit; stderr: {}", self.stderr());
+        })
     }
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.path("stderr")).unwrap_or_default()
     }
 }
 
-impl Drop for Scratch {
+impl Drop for Service {
     fn drop(&mut self) {
         for child in &mut self.children {
             let _ = nix::sys::signal::kill(
@@ -123,7 +88,7 @@ impl Drop for Scratch {
             );
             let _ = child.wait();
         }
-        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+        if let Ok(entries) = std::fs::read_dir(self.root()) {
             for e in entries.flatten() {
                 let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
             }
@@ -166,7 +131,7 @@ impl Notify {
 
 #[test]
 fn run_is_ready_only_when_live_pings_the_watchdog_reloads_and_stops_cleanly() {
-    let mut s = Scratch::new();
+    let mut s = Service::new();
     let (store, mnt) = s.define("data", "mode = \"0640\"");
     let mut notify = Notify::new(&s);
     let conf = s.path("conf");
@@ -189,7 +154,7 @@ fn run_is_ready_only_when_live_pings_the_watchdog_reloads_and_stops_cleanly() {
     notify.expect("WATCHDOG=1", Duration::from_secs(5), |_| {});
 
     // status names the definition, the unit and what is stored.
-    write_disk(&mnt, &vec![7u8; 3 << 20]);
+    pwrite(&mnt.join("disk.img"), 0, &vec![7u8; 3 << 20]);
     let out = onefs(&["status", "data", "--json", "--config-dir", conf.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -223,7 +188,7 @@ fn run_is_ready_only_when_live_pings_the_watchdog_reloads_and_stops_cleanly() {
         "{}",
         text(&out)
     );
-    write_disk(&mnt, b"still writable");
+    pwrite(&mnt.join("disk.img"), 0, b"still writable");
     std::fs::write(&def, "store = 5\n").unwrap();
     let out = onefs(&["reload", "--pid", &pid.to_string()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("data.toml:1: key `store`"), "{}", text(&out));
@@ -240,7 +205,7 @@ fn run_is_ready_only_when_live_pings_the_watchdog_reloads_and_stops_cleanly() {
 
 #[test]
 fn daemon_serves_every_good_definition_and_reload_adds_and_removes() {
-    let mut s = Scratch::new();
+    let mut s = Service::new();
     let (_, mnt_a) = s.define("a", "");
     let (_, mnt_b) = s.define("b", "uid = 1\n");
     let conf = s.path("conf");
@@ -279,7 +244,7 @@ fn daemon_serves_every_good_definition_and_reload_adds_and_removes() {
 
 #[test]
 fn run_refuses_unsafe_names_and_names_the_bad_key() {
-    let s = Scratch::new();
+    let s = Service::new();
     let conf = s.dir("conf");
     for name in ["../etc/passwd", "a/b", ".hidden"] {
         let out = onefs(&["run", name, "--config-dir", conf.to_str().unwrap()]);
@@ -299,7 +264,7 @@ fn run_refuses_unsafe_names_and_names_the_bad_key() {
 
 #[test]
 fn cleanup_clears_the_dead_mount_of_a_killed_daemon() {
-    let mut s = Scratch::new();
+    let mut s = Service::new();
     let (_, mnt) = s.define("data", "");
     let conf = s.path("conf");
     let pid = s.spawn(&["run", "data", "--config-dir", conf.to_str().unwrap()], &[]);
@@ -318,11 +283,11 @@ fn cleanup_clears_the_dead_mount_of_a_killed_daemon() {
 
 #[test]
 fn mount_helper_returns_once_live_validates_with_f_and_fails_with_32() {
-    let s = Scratch::new();
+    let s = Service::new();
     let (store, mnt) = s.define("data", "");
     let conf = s.path("conf");
     let helper = s.path("mount.fuse.onefs");
-    std::os::unix::fs::symlink(BIN, &helper).unwrap();
+    std::os::unix::fs::symlink(onefs_bin(), &helper).unwrap();
     let run =
         |args: &[&str]| Command::new(&helper).args(args).env("ONEFS_CONFIG_DIR", &conf).output().expect("run helper");
     // -f: validate only (the store does not exist yet, [create] would make it).
@@ -350,19 +315,5 @@ fn mount_helper_returns_once_live_validates_with_f_and_fails_with_32() {
     assert_eq!(out.status.code(), Some(32), "{}", text(&out));
 
     nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()).expect("umount");
-    wait_until("store released", Duration::from_secs(10), || onefs_lock_free(&store));
-}
-
-fn write_disk(mnt: &Path, data: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(mnt.join("disk.img")).expect("open disk.img for writing");
-    file.write_all_at(data, 0).expect("write disk.img");
-    file.sync_all().expect("fsync disk.img");
-}
-
-fn onefs_lock_free(store: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(store.join("onefs.lock")) else { return true };
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    wait_store_released(&store);
 }

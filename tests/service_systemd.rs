@@ -7,21 +7,23 @@
 //! onefs.service, fstab `fuse.onefs` + ext4-in-disk.img with `mount -a` and
 //! as generated .mount units.
 //!
-//! Needs root and the packages systemd-container and debootstrap.
-//! ONEFS_SKIP_SYSTEMD_TEST=1 skips it (saying so).
+//! Needs root and the packages systemd-container and debootstrap; where
+//! they cannot be had, `ONEFS_TEST_ALLOW_SKIP=systemd` lets it skip (saying
+//! so). `cargo test -- --skip under_a_real_systemd` leaves it out by choice.
 
-use std::path::Path;
+mod common;
+
+use common::*;
 use std::process::Command;
 
 #[test]
 fn onefs_under_a_real_systemd() {
-    if std::env::var_os("ONEFS_SKIP_SYSTEMD_TEST").is_some() {
-        eprintln!("SKIPPED: ONEFS_SKIP_SYSTEMD_TEST is set");
+    require_root();
+    if !require_systemd_container() {
         return;
     }
-    assert!(nix::unistd::geteuid().is_root(), "the systemd container test needs root");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/run.sh");
-    let out = Command::new(&script).arg(env!("CARGO_BIN_EXE_onefs")).output().expect("cannot run tests/systemd/run.sh");
+    let script = repo("tests/systemd/run.sh");
+    let out = Command::new(&script).arg(onefs_bin()).output().expect("cannot run tests/systemd/run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -1,28 +1,20 @@
 //! The systemd units pass `systemd-analyze verify` silently, the man pages
 //! are lint-clean, and every command-line option is documented.
 
+mod common;
+
 use clap::CommandFactory;
-use std::path::{Path, PathBuf};
+use common::{onefs_bin, repo, require_program};
 use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_onefs");
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn tool(name: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success())
-}
 
 #[test]
 fn units_verify_without_a_word() {
-    assert!(tool("systemd-analyze"), "systemd-analyze missing: apt-get install systemd");
+    require_program("systemd-analyze", "systemd");
     let dir = tempfile::tempdir().unwrap();
     // systemd-analyze resolves ExecStart= on this host: point it at the built binary.
     for unit in ["onefs@.service", "onefs.service"] {
         let text = std::fs::read_to_string(repo(&format!("systemd/{unit}"))).unwrap();
-        std::fs::write(dir.path().join(unit), text.replace("/usr/bin/onefs", BIN)).unwrap();
+        std::fs::write(dir.path().join(unit), text.replace("/usr/bin/onefs", onefs_bin())).unwrap();
     }
     // Documentation= is checked against our own man pages.
     let man = dir.path().join("man");
@@ -83,7 +75,7 @@ fn units_keep_the_host_mount_namespace_and_need_no_bin_kill() {
 
 #[test]
 fn man_pages_are_lint_clean() {
-    assert!(tool("groff"), "groff missing: apt-get install groff");
+    require_program("groff", "groff");
     for page in ["onefs.8", "mount.onefs.8", "onefs.toml.5"] {
         let out = Command::new("groff").args(["-man", "-ww", "-z"]).arg(repo(&format!("man/{page}"))).output().unwrap();
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

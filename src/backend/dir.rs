@@ -133,25 +133,20 @@ impl ObjectBackend for DirObjects {
 mod tests {
     use super::*;
 
+    // What every backend promises (round trips, listing, deletes) is checked
+    // in tests/backend_contract.rs; here, what is particular to files.
+
     #[test]
-    fn objects_round_trip_in_folders_and_list_recursively() {
+    fn objects_are_plain_files_keys_stay_inside_and_temporaries_are_not_listed() {
         let dir = tempfile::tempdir().unwrap();
         let b = DirObjects::new(dir.path()).unwrap();
-        assert_eq!(b.get("d0000/blk-000001").unwrap(), None);
-        b.put("d0000/blk-000001", b"one").unwrap();
         b.put("d0001/blk-001001", b"two").unwrap();
-        b.put("onefs.json", b"{}").unwrap();
-        b.put("d0000/blk-000001", b"uno").unwrap();
-        assert_eq!(b.get("d0000/blk-000001").unwrap().unwrap(), b"uno");
-        let mut keys = b.list("").unwrap();
-        keys.sort();
-        assert_eq!(keys, ["d0000/blk-000001", "d0001/blk-001001", "onefs.json"]);
-        assert_eq!(b.list("d0001/").unwrap(), ["d0001/blk-001001"]);
-        b.delete("d0000/blk-000001").unwrap();
-        b.delete("d0000/blk-000001").unwrap();
-        assert_eq!(b.get("d0000/blk-000001").unwrap(), None);
-        for bad in ["", "/abs", "a/../b", "a//b", ".tmp-x"] {
+        assert_eq!(fs::read(dir.path().join("d0001/blk-001001")).unwrap(), b"two");
+        fs::write(dir.path().join("d0001").join(format!("{TMP_PREFIX}1-2-blk-001002")), b"half").unwrap();
+        assert_eq!(b.list("").unwrap(), ["d0001/blk-001001"], "a temporary is not an object");
+        for bad in ["", "/abs", "a/../b", "a//b", ".tmp-x", "d0001/.tmp-1-2-blk-001002"] {
             assert!(b.put(bad, b"x").is_err(), "{bad:?} accepted");
+            assert!(b.get(bad).is_err(), "{bad:?} read");
         }
     }
 

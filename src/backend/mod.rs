@@ -25,6 +25,9 @@ pub use rclone::{RcloneBackend, RcloneConfig};
 pub use remote_lock::RemoteLock;
 pub use s3::{S3Backend, S3Config};
 
+/// Whole objects by key. What the methods promise is checked for every
+/// backend by one function, `check_contract` in tests/backend_contract.rs:
+/// a new backend gets a test there.
 pub trait ObjectBackend: Send + Sync {
     /// Where this backend points, for messages (`s3://bucket/prefix`).
     fn describe(&self) -> String;
@@ -38,7 +41,9 @@ pub trait ObjectBackend: Send + Sync {
     /// Uploads a local file as an object (backends that can stream or copy
     /// a file, like rclone's `operations/copyfile`, override this).
     fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
-        let data = std::fs::read(path).map_err(|e| crate::errors::context(path.display(), e))?;
+        let data = std::fs::read(path).map_err(|e| {
+            crate::errors::context(format!("{}: PUT {key} from {}", self.describe(), path.display()), e)
+        })?;
         self.put(key, &data)
     }
 

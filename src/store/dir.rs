@@ -699,8 +699,8 @@ mod tests {
         }
         s.delete(7).unwrap();
         let unwritten = |block: u64| unwritten_pages(&File::open(s.block_path(block)).unwrap());
-        if unwritten(0).is_none() {
-            eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5) to see dirty pages with");
+        let missing = "this kernel has no cachestat(2) to see dirty pages with";
+        if !crate::test_skip::require(crate::test_skip::Prereq::Cachestat, unwritten(0).is_some(), missing) {
             return;
         }
         let live = || blocks.iter().copied().filter(|&b| b != 7);

