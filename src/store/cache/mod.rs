@@ -177,14 +177,14 @@ struct Counters {
     errors: AtomicU64,
 }
 
-struct Entry {
+struct BlockEntry {
     /// `blocks/blk-N` holds the block.
     cached: bool,
     /// The backend must be brought up to date (upload the file, or delete
     /// the object when not cached).
     dirty: bool,
     /// `dirty/blk-N` exists.
-    marked: bool,
+    journaled: bool,
     /// Sequence number of the last modification.
     generation: u64,
     /// Generation last confirmed in the backend.
@@ -194,36 +194,36 @@ struct Entry {
     dirty_since: Instant,
     pins: u32,
     /// Position in the LRU of evictable (clean, cached) blocks.
-    lru: Option<u64>,
+    lru_tick: Option<u64>,
 }
 
-impl Entry {
+impl BlockEntry {
     fn new(seq: u64) -> Self {
-        Entry {
+        BlockEntry {
             cached: false,
             dirty: false,
-            marked: false,
+            journaled: false,
             generation: seq,
             synced_gen: seq,
             queued: false,
             uploading: false,
             dirty_since: Instant::now(),
             pins: 0,
-            lru: None,
+            lru_tick: None,
         }
     }
 }
 
 #[derive(Default)]
-struct State {
-    entries: HashMap<u64, Entry>,
+struct CacheState {
+    entries: HashMap<u64, BlockEntry>,
     lru: BTreeMap<u64, u64>,
-    tick: u64,
+    lru_clock: u64,
     seq: u64,
     /// Cached blocks, counting space reserved for fetches and creations.
-    cached: u64,
-    dirty: u64,
-    uploading: u64,
+    cached_blocks: u64,
+    dirty_blocks: u64,
+    uploads_in_flight: u64,
     queue: VecDeque<u64>,
     /// Threads waiting for every dirty block to be uploaded (no delay then).
     flushers: u32,
@@ -233,12 +233,12 @@ struct State {
     stop: bool,
 }
 
-impl State {
+impl CacheState {
     fn lru_insert(&mut self, block: u64) {
-        self.tick += 1;
-        let tick = self.tick;
+        self.lru_clock += 1;
+        let tick = self.lru_clock;
         if let Some(e) = self.entries.get_mut(&block) {
-            if let Some(old) = e.lru.replace(tick) {
+            if let Some(old) = e.lru_tick.replace(tick) {
                 self.lru.remove(&old);
             }
             self.lru.insert(tick, block);
@@ -246,7 +246,7 @@ impl State {
     }
 
     fn lru_remove(&mut self, block: u64) {
-        if let Some(t) = self.entries.get_mut(&block).and_then(|e| e.lru.take()) {
+        if let Some(t) = self.entries.get_mut(&block).and_then(|e| e.lru_tick.take()) {
             self.lru.remove(&t);
         }
     }
@@ -264,18 +264,18 @@ impl State {
     }
 }
 
-struct Inner {
+struct CacheCore {
     backend: Arc<dyn ObjectBackend>,
     geometry: Geometry,
     config: CacheConfig,
     /// The cache directory and its parts, every name opened relative to
     /// them and never through a link (see `ConfinedDir`).
     root: ConfinedDir,
-    blocks: ConfinedDir,
-    dirty: ConfinedDir,
-    tmp: ConfinedDir,
+    blocks_dir: ConfinedDir,
+    journal_dir: ConfinedDir,
+    tmp_dir: ConfinedDir,
     max_blocks: u64,
-    state: Mutex<State>,
+    state: Mutex<CacheState>,
     changed: Condvar,
     fetch_locks: Box<[Mutex<()>]>,
     /// Blocks written since the last local sync.
@@ -287,7 +287,7 @@ struct Inner {
 }
 
 pub struct CacheStore {
-    inner: Arc<Inner>,
+    core: Arc<CacheCore>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -337,36 +337,36 @@ fn file_is_zero(file: &File, len: u64) -> io::Result<bool> {
 }
 
 /// Unpins a cached block when dropped.
-struct Pin<'a> {
-    inner: &'a Inner,
+struct PinnedBlock<'a> {
+    core: &'a CacheCore,
     block: u64,
 }
 
-impl Drop for Pin<'_> {
+impl Drop for PinnedBlock<'_> {
     fn drop(&mut self) {
-        let mut s = lock(&self.inner.state);
+        let mut s = lock(&self.core.state);
         if let Some(e) = s.entries.get_mut(&self.block) {
             e.pins = e.pins.saturating_sub(1);
             if e.pins == 0 && s.space_waiters > 0 {
-                self.inner.changed.notify_all();
+                self.core.changed.notify_all();
             }
         }
     }
 }
 
-enum Got<'a> {
-    Cached(Pin<'a>),
+enum BlockAt<'a> {
+    Cached(PinnedBlock<'a>),
     /// Fetched but not cached (the cache is full of dirty blocks).
     Memory(Vec<u8>),
 }
 
-impl Inner {
-    fn state(&self) -> MutexGuard<'_, State> {
+impl CacheCore {
+    fn state(&self) -> MutexGuard<'_, CacheState> {
         lock(&self.state)
     }
 
     /// Waits up to `timeout` for a change of the state.
-    fn wait<'a>(&'a self, s: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+    fn wait<'a>(&'a self, s: MutexGuard<'a, CacheState>, timeout: Duration) -> MutexGuard<'a, CacheState> {
         crate::sync::wait(&self.changed, s, timeout)
     }
 
@@ -376,12 +376,12 @@ impl Inner {
 
     /// For messages.
     fn block_path(&self, block: u64) -> PathBuf {
-        self.blocks.join(&self.name(block))
+        self.blocks_dir.join(&self.name(block))
     }
 
     /// The cached block's file, opened as `access` allows.
     fn block_file(&self, block: u64, access: Access) -> io::Result<File> {
-        self.blocks.open_file(&self.name(block), access)
+        self.blocks_dir.open_file(&self.name(block), access)
     }
 
     fn key(&self, block: u64) -> String {
@@ -418,26 +418,26 @@ impl Inner {
         }
     }
 
-    fn pin_cached(&self, block: u64) -> Option<Pin<'_>> {
+    fn pin_cached(&self, block: u64) -> Option<PinnedBlock<'_>> {
         let mut s = self.state();
         let e = s.entries.get_mut(&block)?;
         if !e.cached {
             return None;
         }
         e.pins += 1;
-        let in_lru = e.lru.is_some();
+        let in_lru = e.lru_tick.is_some();
         if in_lru {
             s.lru_insert(block);
         }
-        Some(Pin { inner: self, block })
+        Some(PinnedBlock { core: self, block })
     }
 
     /// Makes room for one more cached block. With `wait`, waits while every
     /// cached block is dirty or in use; without, returns false then.
-    fn reserve<'a>(&'a self, mut s: MutexGuard<'a, State>, wait: bool) -> (MutexGuard<'a, State>, bool) {
+    fn reserve<'a>(&'a self, mut s: MutexGuard<'a, CacheState>, wait: bool) -> (MutexGuard<'a, CacheState>, bool) {
         loop {
-            if s.cached < self.max_blocks {
-                s.cached += 1;
+            if s.cached_blocks < self.max_blocks {
+                s.cached_blocks += 1;
                 return (s, true);
             }
             let victim =
@@ -445,8 +445,8 @@ impl Inner {
             if let Some((tick, block)) = victim {
                 s.lru.remove(&tick);
                 s.entries.remove(&block);
-                s.cached -= 1;
-                if let Err(e) = self.blocks.remove(&self.name(block)) {
+                s.cached_blocks -= 1;
+                if let Err(e) = self.blocks_dir.remove(&self.name(block)) {
                     log::warn!("cannot evict: {e}");
                 }
                 self.counters.evictions.fetch_add(1, Ordering::Relaxed);
@@ -464,7 +464,7 @@ impl Inner {
 
     fn unreserve(&self) {
         let mut s = self.state();
-        s.cached = s.cached.saturating_sub(1);
+        s.cached_blocks = s.cached_blocks.saturating_sub(1);
         self.changed.notify_all();
     }
 
@@ -501,39 +501,39 @@ impl Inner {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = format!("fetch-{block}-{n}");
         let result = (|| {
-            let file = self.tmp.open_file(&tmp, Access::CreateNew(0o600))?;
+            let file = self.tmp_dir.open_file(&tmp, Access::CreateNew(0o600))?;
             file.set_len(self.bs())?;
             for (i, chunk) in data.chunks(64 << 10).enumerate() {
                 if !is_zero(chunk) {
                     file.write_all_at(chunk, (i * (64 << 10)) as u64)?;
                 }
             }
-            self.tmp.rename_into(&tmp, &self.blocks, &self.name(block))
+            self.tmp_dir.rename_into(&tmp, &self.blocks_dir, &self.name(block))
         })();
         if result.is_err() {
-            let _ = self.tmp.remove(&tmp);
+            let _ = self.tmp_dir.remove(&tmp);
         }
         result.map_err(|e| context(self.block_path(block).display(), e))
     }
 
     /// A cached, pinned block, fetching it if needed. Without `for_write`, a
     /// cache full of dirty blocks answers from memory instead of waiting.
-    fn get_block(&self, block: u64, for_write: bool) -> io::Result<Got<'_>> {
+    fn get_block(&self, block: u64, for_write: bool) -> io::Result<BlockAt<'_>> {
         if let Some(pin) = self.pin_cached(block) {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Got::Cached(pin));
+            return Ok(BlockAt::Cached(pin));
         }
         let _fetching = lock(&self.fetch_locks[block as usize % FETCH_STRIPES]);
         if let Some(pin) = self.pin_cached(block) {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Got::Cached(pin));
+            return Ok(BlockAt::Cached(pin));
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let data = self.fetch(block)?;
         let (s, room) = self.reserve(self.state(), for_write);
         drop(s);
         if !room {
-            return Ok(Got::Memory(data));
+            return Ok(BlockAt::Memory(data));
         }
         if let Err(err) = self.install(block, &data) {
             self.unreserve();
@@ -541,29 +541,29 @@ impl Inner {
         }
         let mut s = self.state();
         let seq = s.seq;
-        let e = s.entries.entry(block).or_insert_with(|| Entry::new(seq));
+        let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
         e.cached = true;
         e.pins += 1;
         let clean = !e.dirty;
         if clean {
             s.lru_insert(block);
         }
-        Ok(Got::Cached(Pin { inner: self, block }))
+        Ok(BlockAt::Cached(PinnedBlock { core: self, block }))
     }
 
     /// Records a modification of `block` (after its bytes were written or
     /// its file removed): journal entry, generation, upload queue.
-    fn mark_dirty(&self, s: &mut State, block: u64) -> io::Result<()> {
+    fn mark_dirty(&self, s: &mut CacheState, block: u64) -> io::Result<()> {
         s.seq += 1;
         let seq = s.seq;
         s.lru_remove(block);
         let was_empty = s.queue.is_empty();
         let Some(e) = s.entries.get_mut(&block) else { return Ok(()) };
         let mut result = Ok(());
-        if !e.marked {
-            match self.dirty.open_file(&self.geometry.block_name(block), Access::Create(0o600)) {
+        if !e.journaled {
+            match self.journal_dir.open_file(&self.geometry.block_name(block), Access::Create(0o600)) {
                 Ok(_) => {
-                    e.marked = true;
+                    e.journaled = true;
                     self.flush.names_dirty.store(true, Ordering::Release);
                 }
                 Err(err) => result = Err(err),
@@ -580,7 +580,7 @@ impl Inner {
             e.queued = true;
         }
         if newly {
-            s.dirty += 1;
+            s.dirty_blocks += 1;
         }
         if enqueue {
             s.queue.push_back(block);
@@ -591,7 +591,7 @@ impl Inner {
         result
     }
 
-    fn finish_write(&self, block: u64, pin: Pin<'_>) -> io::Result<()> {
+    fn finish_write(&self, block: u64, pin: PinnedBlock<'_>) -> io::Result<()> {
         let result = {
             let mut s = self.state();
             self.mark_dirty(&mut s, block)
@@ -606,9 +606,9 @@ impl Inner {
         let src = self.block_file(block, Access::Read)?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp_name = format!("upload-{block}-{n}");
-        let tmp = self.tmp.join(&tmp_name);
+        let tmp = self.tmp_dir.join(&tmp_name);
         let result = (|| {
-            let mut out = self.tmp.open_file(&tmp_name, Access::CreateNew(0o600))?;
+            let mut out = self.tmp_dir.open_file(&tmp_name, Access::CreateNew(0o600))?;
             let mut crc = crc::Crc32c::new();
             let mut buf = vec![0u8; COPY_CHUNK.min(self.bs() as usize)];
             let mut pos = 0u64;
@@ -623,7 +623,7 @@ impl Inner {
             drop(out);
             self.backend.put_file(&self.key(block), &tmp)
         })();
-        let _ = self.tmp.remove(&tmp_name);
+        let _ = self.tmp_dir.remove(&tmp_name);
         result.map(|()| self.bs())
     }
 
@@ -653,7 +653,7 @@ impl Inner {
                         continue;
                     }
                     s.queue.pop_front();
-                    s.uploading += 1;
+                    s.uploads_in_flight += 1;
                     let Some(e) = s.entries.get_mut(&block) else { continue };
                     e.queued = false;
                     e.uploading = true;
@@ -668,7 +668,7 @@ impl Inner {
             let mut settle_lru = false;
             {
                 let mut s = self.state();
-                s.uploading -= 1;
+                s.uploads_in_flight -= 1;
                 let Some(e) = s.entries.get_mut(&block) else { continue };
                 e.uploading = false;
                 if cached {
@@ -685,14 +685,14 @@ impl Inner {
                         if e.generation == generation && e.cached == cached {
                             e.dirty = false;
                             e.synced_gen = generation;
-                            if e.marked {
-                                if let Err(err) = self.dirty.remove(&self.geometry.block_name(block)) {
+                            if e.journaled {
+                                if let Err(err) = self.journal_dir.remove(&self.geometry.block_name(block)) {
                                     log::warn!("{err}");
                                 }
-                                e.marked = false;
+                                e.journaled = false;
                             }
                             settle_lru = cached;
-                            s.dirty -= 1;
+                            s.dirty_blocks -= 1;
                             s.forget_if_idle(block);
                         } else {
                             // Modified during the upload: send it again.
@@ -715,7 +715,7 @@ impl Inner {
                                 "{}: {} {key}: {err}; {} dirty blocks kept in the cache, retrying",
                                 self.backend.describe(),
                                 if cached { "upload" } else { "delete" },
-                                s.dirty
+                                s.dirty_blocks
                             );
                             warned_at = Some(Instant::now());
                         }
@@ -728,14 +728,14 @@ impl Inner {
                 // The journal entry's removal must be durable before the
                 // block may be evicted: a journal entry that came back after
                 // a crash, with its file gone, would mean "delete".
-                let synced = self.dirty.sync();
+                let synced = self.journal_dir.sync();
                 let mut s = self.state();
                 if let Some(e) = s.entries.get(&block)
                     && synced.is_ok()
                     && e.cached
                     && !e.dirty
                     && e.generation == generation
-                    && e.lru.is_none()
+                    && e.lru_tick.is_none()
                 {
                     s.lru_insert(block);
                     if s.space_waiters > 0 {
@@ -808,7 +808,7 @@ impl Inner {
                 }
             });
             let dirs = if names_dirty || vanished.into_inner() {
-                self.dirty.sync().and_then(|()| self.blocks.sync())
+                self.journal_dir.sync().and_then(|()| self.blocks_dir.sync())
             } else {
                 Ok(())
             };
@@ -823,11 +823,11 @@ impl Inner {
             backend: self.backend.describe(),
             durability: self.config.durability.as_str().into(),
             size_limit: self.max_blocks * self.bs(),
-            cached_blocks: s.cached,
-            cached_bytes: s.cached * self.bs(),
-            dirty_blocks: s.dirty,
+            cached_blocks: s.cached_blocks,
+            cached_bytes: s.cached_blocks * self.bs(),
+            dirty_blocks: s.dirty_blocks,
             upload_queue: s.queue.len() as u64,
-            uploading: s.uploading,
+            uploading: s.uploads_in_flight,
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             uploads: c.uploads.load(Ordering::Relaxed),
@@ -927,16 +927,16 @@ impl CacheStore {
                 ),
             ));
         }
-        let inner = Inner {
+        let core = CacheCore {
             geometry,
             max_blocks: config.size / bs,
             root,
-            blocks,
-            dirty,
-            tmp,
+            blocks_dir: blocks,
+            journal_dir: dirty,
+            tmp_dir: tmp,
             config: config.clone(),
             backend,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(CacheState::default()),
             changed: Condvar::new(),
             fetch_locks: (0..FETCH_STRIPES).map(|_| Mutex::new(())).collect(),
             unsynced: Mutex::new(HashSet::new()),
@@ -946,7 +946,7 @@ impl CacheStore {
         };
         // Clean cached blocks are kept only if this cache was the last to
         // serve the store and shut down cleanly.
-        let remote_epoch = inner.retrying(&format!("get {EPOCH_KEY}"), || inner.backend.get(EPOCH_KEY))?;
+        let remote_epoch = core.retrying(&format!("get {EPOCH_KEY}"), || core.backend.get(EPOCH_KEY))?;
         let keep_clean = was_clean
             && same_image
             && info.as_ref().is_some_and(|i| remote_epoch.as_deref() == Some(i.epoch.as_bytes()));
@@ -958,13 +958,13 @@ impl CacheStore {
             log::warn!(
                 "{}: another cache served {} since this one last did; uploading this cache's {} unsent blocks over it",
                 dir.display(),
-                inner.backend.describe(),
+                core.backend.describe(),
                 marked.len()
             );
         }
         let mut files = vec![];
-        for (name, kind) in inner.blocks.entries()? {
-            let path = inner.blocks.path().join(&name);
+        for (name, kind) in core.blocks_dir.entries()? {
+            let path = core.blocks_dir.path().join(&name);
             let Some(name) = name.to_str() else {
                 log::warn!("{}: not a cached block; left alone", path.display());
                 continue;
@@ -972,17 +972,17 @@ impl CacheStore {
             let Some(block) = geometry.parse_block_name(name) else {
                 // Unlinking removes a link itself, never its target.
                 log::warn!("{}: not a cached block ({}); removing it", path.display(), kind.describe());
-                let _ = inner.blocks.remove(name);
+                let _ = core.blocks_dir.remove(name);
                 continue;
             };
             if kind != Kind::File {
                 return Err(crate::store::confined::not_a_file(&path, kind));
             }
             if !marked.contains(&block) && !keep_clean {
-                inner.blocks.remove(name)?;
+                core.blocks_dir.remove(name)?;
                 continue;
             }
-            let Some(stat) = inner.blocks.stat(name)? else { continue };
+            let Some(stat) = core.blocks_dir.stat(name)? else { continue };
             if stat.st_size as u64 > bs {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -995,13 +995,13 @@ impl CacheStore {
         }
         files.sort();
         {
-            let mut s = inner.state();
+            let mut s = core.state();
             for (_, block) in &files {
                 s.seq += 1;
-                let mut e = Entry::new(s.seq);
+                let mut e = BlockEntry::new(s.seq);
                 e.cached = true;
                 s.entries.insert(*block, e);
-                s.cached += 1;
+                s.cached_blocks += 1;
                 if !marked.contains(block) {
                     s.lru_insert(*block);
                 }
@@ -1011,43 +1011,43 @@ impl CacheStore {
             for block in journal {
                 s.seq += 1;
                 let seq = s.seq;
-                let e = s.entries.entry(block).or_insert_with(|| Entry::new(seq));
-                e.marked = true;
+                let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
+                e.journaled = true;
                 e.dirty = true;
                 e.queued = true;
                 e.generation = seq;
                 e.synced_gen = 0;
-                s.dirty += 1;
+                s.dirty_blocks += 1;
                 s.queue.push_back(block);
             }
             // Over the bound (a smaller size than last time): evict clean ones.
-            while s.cached > inner.max_blocks {
+            while s.cached_blocks > core.max_blocks {
                 let Some((tick, block)) = s.lru.iter().next().map(|(t, b)| (*t, *b)) else { break };
                 s.lru.remove(&tick);
                 s.entries.remove(&block);
-                s.cached -= 1;
-                let _ = inner.blocks.remove(&inner.name(block));
+                s.cached_blocks -= 1;
+                let _ = core.blocks_dir.remove(&core.name(block));
             }
             if !marked.is_empty() {
                 log::info!(
                     "{}: {} blocks from the journal will be uploaded to {}",
                     dir.display(),
                     marked.len(),
-                    inner.backend.describe()
+                    core.backend.describe()
                 );
             }
         }
         let epoch = uuid::Uuid::new_v4().to_string();
-        inner.retrying(&format!("put {EPOCH_KEY}"), || inner.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
+        core.retrying(&format!("put {EPOCH_KEY}"), || core.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
         let info =
-            CacheInfo { format: "onefs-cache".into(), backend: inner.backend.describe(), epoch, meta: meta.clone() };
+            CacheInfo { format: "onefs-cache".into(), backend: core.backend.describe(), epoch, meta: meta.clone() };
         let info_text = serde_json::to_string_pretty(&info).unwrap_or_default() + "\n";
-        write_atomic(&inner.root, CACHE_INFO, info_text.as_bytes(), true)?;
+        write_atomic(&core.root, CACHE_INFO, info_text.as_bytes(), true)?;
 
-        let inner = Arc::new(inner);
+        let core = Arc::new(core);
         let mut threads = vec![];
         for i in 0..config.upload_workers.max(1) {
-            let worker = inner.clone();
+            let worker = core.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("upload-{i}"))
@@ -1055,28 +1055,28 @@ impl CacheStore {
                     .map_err(|e| context("cannot start an upload worker", e))?,
             );
         }
-        let writer = inner.clone();
+        let writer = core.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("cache-stats".into())
                 .spawn(move || writer.stats_writer())
                 .map_err(|e| context("cannot start the statistics writer", e))?,
         );
-        Ok(Self { inner, threads: Mutex::new(threads), closed: AtomicBool::new(false) })
+        Ok(Self { core, threads: Mutex::new(threads), closed: AtomicBool::new(false) })
     }
 
     pub fn stats(&self) -> CacheStats {
-        self.inner.stats()
+        self.core.stats()
     }
 
     /// Waits until every block dirty now is in the backend.
     pub fn flush(&self) -> io::Result<()> {
-        self.inner.wait_uploaded()
+        self.core.wait_uploaded()
     }
 
     fn stop_threads(&self) {
-        self.inner.state().stop = true;
-        self.inner.changed.notify_all();
+        self.core.state().stop = true;
+        self.core.changed.notify_all();
         for handle in std::mem::take(&mut *lock(&self.threads)) {
             let _ = handle.join();
         }
@@ -1089,16 +1089,16 @@ impl CacheStore {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let flushed = self.inner.wait_uploaded();
+        let flushed = self.core.wait_uploaded();
         if let Err(err) = &flushed {
             log::warn!("{err}; they will be uploaded at the next start");
         }
         self.stop_threads();
-        let root = &self.inner.root;
+        let root = &self.core.root;
         let _ = root.remove(STATUS_FILE);
         // Every cached block, clean or dirty, durable before saying so.
         // SAFETY: syncfs on a descriptor we own.
-        if unsafe { libc::syncfs(self.inner.blocks.as_file().as_raw_fd()) } != 0 {
+        if unsafe { libc::syncfs(self.core.blocks_dir.as_file().as_raw_fd()) } != 0 {
             return Err(context(root.path().display(), io::Error::last_os_error()));
         }
         root.open_file(CLEAN_SHUTDOWN, Access::Create(0o600))?;
@@ -1117,27 +1117,27 @@ impl Drop for CacheStore {
 
 impl BlockStore for CacheStore {
     fn list(&self) -> io::Result<Vec<u64>> {
-        let inner = &self.inner;
+        let core = &self.core;
         // Held across the listing: an upload (or delete) finishing between
         // the listing and the look at the journal's entries below would
         // otherwise leave its block out of both, and the image would read it
         // as zeros. Only the upload workers wait: this runs before serving.
-        let s = inner.state();
-        let keys = inner.retrying("list", || inner.backend.list(""))?;
+        let s = core.state();
+        let keys = core.retrying("list", || core.backend.list(""))?;
         let mut present = HashSet::new();
         for key in keys {
             let Some((folder, name)) = key.split_once('/') else { continue };
             if !folder.strip_prefix('d').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
                 continue;
             }
-            match inner.geometry.parse_block_name(name) {
+            match core.geometry.parse_block_name(name) {
                 Some(block) if block_key(block, name) == key => {
                     present.insert(block);
                 }
                 _ => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("{}: object {key} is not a block of this image", inner.backend.describe()),
+                        format!("{}: object {key} is not a block of this image", core.backend.describe()),
                     ));
                 }
             }
@@ -1155,72 +1155,72 @@ impl BlockStore for CacheStore {
     }
 
     fn read_at(&self, block: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        match self.inner.get_block(block, false)? {
-            Got::Memory(data) => {
+        match self.core.get_block(block, false)? {
+            BlockAt::Memory(data) => {
                 let start = offset as usize;
                 buf.copy_from_slice(&data[start..start + buf.len()]);
                 Ok(())
             }
-            Got::Cached(_pin) => {
-                let file = self.inner.block_file(block, Access::Read)?;
+            BlockAt::Cached(_pin) => {
+                let file = self.core.block_file(block, Access::Read)?;
                 crate::store::blockfile::read_or_zeros(&file, offset, buf)
-                    .map_err(|e| context(self.inner.block_path(block).display(), e))
+                    .map_err(|e| context(self.core.block_path(block).display(), e))
             }
         }
     }
 
     fn write_at(&self, block: u64, offset: u64, data: &[u8], create: bool) -> io::Result<()> {
-        let inner = &self.inner;
-        let path = inner.block_path(block);
+        let core = &self.core;
+        let path = core.block_path(block);
         if !create {
-            let Got::Cached(pin) = inner.get_block(block, true)? else {
+            let BlockAt::Cached(pin) = core.get_block(block, true)? else {
                 return Err(eio(format!("{}: no room in the cache", path.display())));
             };
-            let file = inner.block_file(block, Access::ReadWrite)?;
+            let file = core.block_file(block, Access::ReadWrite)?;
             file.write_all_at(data, offset).map_err(|e| context(path.display(), e))?;
-            return inner.finish_write(block, pin);
+            return core.finish_write(block, pin);
         }
         // A new block: room first (waiting for uploads if the cache is full of dirty blocks).
         let pin = {
-            let s = inner.state();
+            let s = core.state();
             let cached = s.entries.get(&block).is_some_and(|e| e.cached);
-            let (mut s, _) = if cached { (s, true) } else { inner.reserve(s, true) };
+            let (mut s, _) = if cached { (s, true) } else { core.reserve(s, true) };
             let seq = s.seq;
-            let e = s.entries.entry(block).or_insert_with(|| Entry::new(seq));
+            let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
             e.cached = true;
             e.pins += 1;
             s.lru_remove(block);
-            Pin { inner, block }
+            PinnedBlock { core, block }
         };
-        let written = inner.block_file(block, Access::Create(0o600)).and_then(|f| {
+        let written = core.block_file(block, Access::Create(0o600)).and_then(|f| {
             f.set_len(0)
-                .and_then(|()| f.set_len(inner.bs()))
+                .and_then(|()| f.set_len(core.bs()))
                 .and_then(|()| f.write_all_at(data, offset))
                 .map_err(|e| context(path.display(), e))
         });
         if let Err(err) = written {
-            let _ = inner.blocks.remove(&inner.name(block));
-            let mut s = inner.state();
+            let _ = core.blocks_dir.remove(&core.name(block));
+            let mut s = core.state();
             if let Some(e) = s.entries.get_mut(&block) {
                 e.cached = false;
             }
-            s.cached = s.cached.saturating_sub(1);
+            s.cached_blocks = s.cached_blocks.saturating_sub(1);
             drop(s);
             drop(pin);
-            inner.state().forget_if_idle(block);
+            core.state().forget_if_idle(block);
             return Err(err);
         }
-        inner.flush.names_dirty.store(true, Ordering::Release);
-        inner.finish_write(block, pin)
+        core.flush.names_dirty.store(true, Ordering::Release);
+        core.finish_write(block, pin)
     }
 
     fn zero_range(&self, block: u64, offset: u64, len: u64) -> io::Result<Zeroed> {
-        let inner = &self.inner;
-        let path = inner.block_path(block);
-        let Got::Cached(pin) = inner.get_block(block, true)? else {
+        let core = &self.core;
+        let path = core.block_path(block);
+        let BlockAt::Cached(pin) = core.get_block(block, true)? else {
             return Err(eio(format!("{}: no room in the cache", path.display())));
         };
-        let file = inner.block_file(block, Access::ReadWrite)?;
+        let file = core.block_file(block, Access::ReadWrite)?;
         let punch = nix::fcntl::fallocate(
             &file,
             nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
@@ -1233,39 +1233,39 @@ impl BlockStore for CacheStore {
             }
             file.write_all_at(&vec![0u8; len as usize], offset).map_err(|e| context(path.display(), e))?;
         }
-        let zero = file_is_zero(&file, inner.bs()).map_err(|e| context(path.display(), e))?;
-        inner.finish_write(block, pin)?;
+        let zero = file_is_zero(&file, core.bs()).map_err(|e| context(path.display(), e))?;
+        core.finish_write(block, pin)?;
         Ok(if zero { Zeroed::AllZero } else { Zeroed::MayHoldData })
     }
 
     fn delete(&self, block: u64) -> io::Result<()> {
-        let inner = &self.inner;
+        let core = &self.core;
         let result = {
-            let mut s = inner.state();
+            let mut s = core.state();
             let seq = s.seq;
-            let e = s.entries.entry(block).or_insert_with(|| Entry::new(seq));
+            let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
             let was_cached = std::mem::replace(&mut e.cached, false);
             if was_cached {
-                s.cached = s.cached.saturating_sub(1);
-                inner.changed.notify_all();
+                s.cached_blocks = s.cached_blocks.saturating_sub(1);
+                core.changed.notify_all();
             }
-            inner.mark_dirty(&mut s, block)
+            core.mark_dirty(&mut s, block)
         };
-        if inner.blocks.remove(&inner.name(block))? {
-            inner.flush.names_dirty.store(true, Ordering::Release);
+        if core.blocks_dir.remove(&core.name(block))? {
+            core.flush.names_dirty.store(true, Ordering::Release);
         }
-        lock(&inner.unsynced).remove(&block);
+        lock(&core.unsynced).remove(&block);
         result
     }
 
     fn sync(&self) -> io::Result<()> {
-        match self.inner.config.durability {
-            Durability::Local => self.inner.local_sync(),
-            Durability::Remote => self.inner.wait_uploaded(),
+        match self.core.config.durability {
+            Durability::Local => self.core.local_sync(),
+            Durability::Remote => self.core.wait_uploaded(),
         }
     }
 
     fn stored_bytes(&self, _block: u64) -> Option<u64> {
-        Some(self.inner.bs())
+        Some(self.core.bs())
     }
 }
