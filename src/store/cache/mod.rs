@@ -30,28 +30,51 @@
 //! modification bumps the block's generation *after* the bytes are written,
 //! so an upload that raced a write leaves the block dirty and it is sent again.
 
+//! The code, a file a job:
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | [`CacheStore`] and its [`BlockStore`] operations |
+//! | `config.rs` | [`CacheConfig`] and [`Durability`] |
+//! | `state.rs` | the per-block entries, the LRU, pins, room in the cache, marking blocks dirty |
+//! | `fetch.rs` | filling the cache from the backend |
+//! | `uploader.rs` | upload workers, waiting for uploads |
+//! | `recovery.rs` | `CacheStore::open`: what it keeps of the cache directory it finds |
+//! | `stats.rs` | [`CacheStats`], counters, `status.json` |
+//! | `crc.rs` | the objects' CRC-32C trailer |
+
+mod config;
 pub mod crc;
+mod fetch;
+mod recovery;
+mod state;
+mod stats;
 #[cfg(test)]
 mod tests;
+mod uploader;
+
+pub use config::{CacheConfig, Durability};
+pub use recovery::cached_meta;
+pub use stats::{CacheStats, read_stats};
 
 use super::{BlockStore, Zeroed};
 use crate::backend::{ObjectBackend, block_key};
-use crate::core::{Geometry, is_zero};
+use crate::core::Geometry;
 use crate::errors::context;
-use crate::meta::Meta;
 use crate::store::blockfile::Flushed;
-use crate::store::confined::{Access, ConfinedDir, Kind};
+use crate::store::confined::{Access, ConfinedDir};
 use crate::sync::lock;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::{self, File};
+use state::{BlockAt, BlockEntry, CacheState, PinnedBlock};
+use stats::Counters;
+use std::collections::HashSet;
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub const CACHE_INFO: &str = "cache.json";
 pub const STATUS_FILE: &str = "status.json";
@@ -62,208 +85,8 @@ const FETCH_STRIPES: usize = 64;
 const COPY_CHUNK: usize = 1 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// fsync returns once the cache is durable on local disk.
-    Local,
-    /// fsync returns once every block dirtied before it is in the backend.
-    Remote,
-}
-
-impl Durability {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Durability::Local => "local",
-            Durability::Remote => "remote",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheConfig {
-    pub dir: PathBuf,
-    /// Bytes of blocks the cache may hold (dirty blocks may exceed it only
-    /// while writers wait).
-    pub size: u64,
-    pub durability: Durability,
-    pub upload_workers: usize,
-    /// How long after a block is first dirtied it is uploaded.
-    pub upload_delay: Duration,
-    /// How long a read of an uncached block (or a `remote` fsync) keeps
-    /// retrying a failing backend before EIO.
-    pub retry_timeout: Duration,
-}
-
-impl CacheConfig {
-    pub const DEFAULT_SIZE: u64 = 10 << 30;
-    pub const DEFAULT_WORKERS: usize = 4;
-    pub const DEFAULT_DELAY: Duration = Duration::from_secs(2);
-    pub const DEFAULT_RETRY: Duration = Duration::from_secs(30);
-
-    pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-            size: Self::DEFAULT_SIZE,
-            durability: Durability::Local,
-            upload_workers: Self::DEFAULT_WORKERS,
-            upload_delay: Self::DEFAULT_DELAY,
-            retry_timeout: Self::DEFAULT_RETRY,
-        }
-    }
-}
-
-/// `cache.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CacheInfo {
-    format: String,
-    backend: String,
-    epoch: String,
-    meta: Meta,
-}
-
-/// Live numbers, written to `status.json` for `onefs status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheStats {
-    pub backend: String,
-    pub durability: String,
-    pub size_limit: u64,
-    pub cached_blocks: u64,
-    pub cached_bytes: u64,
-    pub dirty_blocks: u64,
-    pub upload_queue: u64,
-    pub uploading: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub uploads: u64,
-    pub uploaded_bytes: u64,
-    pub deletes: u64,
-    pub evictions: u64,
-    pub backend_errors: u64,
-    /// Seconds the backend has been failing, if it is.
-    pub failing_for: Option<u64>,
-    /// The daemon writing these (for `onefs status` to tell stale ones).
-    pub pid: u32,
-}
-
-impl CacheStats {
-    pub fn hit_rate(&self) -> Option<f64> {
-        let total = self.hits + self.misses;
-        (total > 0).then(|| self.hits as f64 / total as f64)
-    }
-}
-
-/// Reads the live statistics of a cache directory, if its daemon is running.
-pub fn read_stats(dir: &Path) -> Option<CacheStats> {
-    let text = ConfinedDir::open(dir).ok()?.read_small(STATUS_FILE, 1 << 20).ok()?;
-    let stats: CacheStats = serde_json::from_slice(&text).ok()?;
-    Path::new(&format!("/proc/{}", stats.pid)).exists().then_some(stats)
-}
-
-/// The image description kept in a cache directory (for `onefs status`).
-pub fn cached_meta(dir: &Path) -> Option<Meta> {
-    let text = ConfinedDir::open(dir).ok()?.read_small(CACHE_INFO, 1 << 20).ok()?;
-    serde_json::from_slice::<CacheInfo>(&text).ok().map(|i| i.meta)
-}
-
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    uploads: AtomicU64,
-    uploaded_bytes: AtomicU64,
-    deletes: AtomicU64,
-    evictions: AtomicU64,
-    errors: AtomicU64,
-}
-
-struct BlockEntry {
-    /// `blocks/blk-N` holds the block.
-    cached: bool,
-    /// The backend must be brought up to date (upload the file, or delete
-    /// the object when not cached).
-    dirty: bool,
-    /// `dirty/blk-N` exists.
-    journaled: bool,
-    /// Sequence number of the last modification.
-    generation: u64,
-    /// Generation last confirmed in the backend.
-    synced_gen: u64,
-    queued: bool,
-    uploading: bool,
-    dirty_since: Instant,
-    pins: u32,
-    /// Position in the LRU of evictable (clean, cached) blocks.
-    lru_tick: Option<u64>,
-}
-
-impl BlockEntry {
-    fn new(seq: u64) -> Self {
-        BlockEntry {
-            cached: false,
-            dirty: false,
-            journaled: false,
-            generation: seq,
-            synced_gen: seq,
-            queued: false,
-            uploading: false,
-            dirty_since: Instant::now(),
-            pins: 0,
-            lru_tick: None,
-        }
-    }
-}
-
-#[derive(Default)]
-struct CacheState {
-    entries: HashMap<u64, BlockEntry>,
-    lru: BTreeMap<u64, u64>,
-    lru_clock: u64,
-    seq: u64,
-    /// Cached blocks, counting space reserved for fetches and creations.
-    cached_blocks: u64,
-    dirty_blocks: u64,
-    uploads_in_flight: u64,
-    queue: VecDeque<u64>,
-    /// Threads waiting for every dirty block to be uploaded (no delay then).
-    flushers: u32,
-    /// Writers waiting for room in the cache (no delay then either).
-    space_waiters: u32,
-    failing_since: Option<Instant>,
-    stop: bool,
-}
-
-impl CacheState {
-    fn lru_insert(&mut self, block: u64) {
-        self.lru_clock += 1;
-        let tick = self.lru_clock;
-        if let Some(e) = self.entries.get_mut(&block) {
-            if let Some(old) = e.lru_tick.replace(tick) {
-                self.lru.remove(&old);
-            }
-            self.lru.insert(tick, block);
-        }
-    }
-
-    fn lru_remove(&mut self, block: u64) {
-        if let Some(t) = self.entries.get_mut(&block).and_then(|e| e.lru_tick.take()) {
-            self.lru.remove(&t);
-        }
-    }
-
-    fn forget_if_idle(&mut self, block: u64) {
-        if let Some(e) = self.entries.get(&block)
-            && !e.cached
-            && !e.dirty
-            && !e.uploading
-            && !e.queued
-            && e.pins == 0
-        {
-            self.entries.remove(&block);
-        }
-    }
-}
-
+/// What the store and its threads (upload workers, statistics writer)
+/// share.
 struct CacheCore {
     backend: Arc<dyn ObjectBackend>,
     geometry: Geometry,
@@ -286,6 +109,7 @@ struct CacheCore {
     tmp_counter: AtomicU64,
 }
 
+/// A cache directory in front of an object backend, as a [`BlockStore`].
 pub struct CacheStore {
     core: Arc<CacheCore>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -294,15 +118,6 @@ pub struct CacheStore {
 
 fn eio(message: String) -> io::Error {
     io::Error::other(message)
-}
-
-fn mkdir(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new().mode(0o700).create(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(context(path.display(), e)),
-    }
 }
 
 /// Writes the small file `name` of `dir` atomically; durably with `durable`.
@@ -322,42 +137,9 @@ fn write_atomic(dir: &ConfinedDir, name: &str, data: &[u8], durable: bool) -> io
     if durable { dir.sync() } else { Ok(()) }
 }
 
-/// Reads the small file `name` of `dir`; `None` if it is absent.
-fn read_optional(dir: &ConfinedDir, name: &str) -> io::Result<Option<Vec<u8>>> {
-    match dir.read_small(name, 1 << 20) {
-        Ok(data) => Ok(Some(data)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// True if the file holds no non-zero byte (looking at data extents only).
 fn file_is_zero(file: &File, len: u64) -> io::Result<bool> {
     crate::store::blockfile::holds_only_zeros(file, len, &mut vec![0u8; 64 << 10])
-}
-
-/// Unpins a cached block when dropped.
-struct PinnedBlock<'a> {
-    core: &'a CacheCore,
-    block: u64,
-}
-
-impl Drop for PinnedBlock<'_> {
-    fn drop(&mut self) {
-        let mut s = lock(&self.core.state);
-        if let Some(e) = s.entries.get_mut(&self.block) {
-            e.pins = e.pins.saturating_sub(1);
-            if e.pins == 0 && s.space_waiters > 0 {
-                self.core.changed.notify_all();
-            }
-        }
-    }
-}
-
-enum BlockAt<'a> {
-    Cached(PinnedBlock<'a>),
-    /// Fetched but not cached (the cache is full of dirty blocks).
-    Memory(Vec<u8>),
 }
 
 impl CacheCore {
@@ -418,378 +200,6 @@ impl CacheCore {
         }
     }
 
-    fn pin_cached(&self, block: u64) -> Option<PinnedBlock<'_>> {
-        let mut s = self.state();
-        let e = s.entries.get_mut(&block)?;
-        if !e.cached {
-            return None;
-        }
-        e.pins += 1;
-        let in_lru = e.lru_tick.is_some();
-        if in_lru {
-            s.lru_insert(block);
-        }
-        Some(PinnedBlock { core: self, block })
-    }
-
-    /// Makes room for one more cached block. With `wait`, waits while every
-    /// cached block is dirty or in use; without, returns false then.
-    fn reserve<'a>(&'a self, mut s: MutexGuard<'a, CacheState>, wait: bool) -> (MutexGuard<'a, CacheState>, bool) {
-        loop {
-            if s.cached_blocks < self.max_blocks {
-                s.cached_blocks += 1;
-                return (s, true);
-            }
-            let victim =
-                s.lru.iter().find(|(_, b)| s.entries.get(b).is_some_and(|e| e.pins == 0)).map(|(t, b)| (*t, *b));
-            if let Some((tick, block)) = victim {
-                s.lru.remove(&tick);
-                s.entries.remove(&block);
-                s.cached_blocks -= 1;
-                if let Err(e) = self.blocks_dir.remove(&self.name(block)) {
-                    log::warn!("cannot evict: {e}");
-                }
-                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if !wait {
-                return (s, false);
-            }
-            s.space_waiters += 1;
-            self.changed.notify_all();
-            s = self.wait(s, Duration::from_secs(1));
-            s.space_waiters -= 1;
-        }
-    }
-
-    fn unreserve(&self) {
-        let mut s = self.state();
-        s.cached_blocks = s.cached_blocks.saturating_sub(1);
-        self.changed.notify_all();
-    }
-
-    /// The verified bytes of a block from the backend.
-    fn fetch(&self, block: u64) -> io::Result<Vec<u8>> {
-        let key = self.key(block);
-        let mut corrupt = 0;
-        loop {
-            let object = self.retrying(&format!("get {key}"), || self.backend.get(&key))?;
-            let Some(object) = object else {
-                log::error!(
-                    "{}: object {key} is missing (the image holds block {})",
-                    self.backend.describe(),
-                    block + 1
-                );
-                return Err(eio(format!("{}: object {key} is missing", self.backend.describe())));
-            };
-            match crc::verify(object, self.bs()) {
-                Ok(data) => return Ok(data),
-                Err(why) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    log::error!("{}: object {key}: {why}", self.backend.describe());
-                    corrupt += 1;
-                    if corrupt >= 2 {
-                        return Err(eio(format!("{}: object {key}: {why}", self.backend.describe())));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes fetched bytes to `blocks/blk-N` (sparse: zero runs stay holes).
-    fn install(&self, block: u64, data: &[u8]) -> io::Result<()> {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = format!("fetch-{block}-{n}");
-        let result = (|| {
-            let file = self.tmp_dir.open_file(&tmp, Access::CreateNew(0o600))?;
-            file.set_len(self.bs())?;
-            for (i, chunk) in data.chunks(64 << 10).enumerate() {
-                if !is_zero(chunk) {
-                    file.write_all_at(chunk, (i * (64 << 10)) as u64)?;
-                }
-            }
-            self.tmp_dir.rename_into(&tmp, &self.blocks_dir, &self.name(block))
-        })();
-        if result.is_err() {
-            let _ = self.tmp_dir.remove(&tmp);
-        }
-        result.map_err(|e| context(self.block_path(block).display(), e))
-    }
-
-    /// A cached, pinned block, fetching it if needed. Without `for_write`, a
-    /// cache full of dirty blocks answers from memory instead of waiting.
-    fn get_block(&self, block: u64, for_write: bool) -> io::Result<BlockAt<'_>> {
-        if let Some(pin) = self.pin_cached(block) {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(BlockAt::Cached(pin));
-        }
-        let _fetching = lock(&self.fetch_locks[block as usize % FETCH_STRIPES]);
-        if let Some(pin) = self.pin_cached(block) {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(BlockAt::Cached(pin));
-        }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let data = self.fetch(block)?;
-        let (s, room) = self.reserve(self.state(), for_write);
-        drop(s);
-        if !room {
-            return Ok(BlockAt::Memory(data));
-        }
-        if let Err(err) = self.install(block, &data) {
-            self.unreserve();
-            return Err(err);
-        }
-        let mut s = self.state();
-        let seq = s.seq;
-        let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
-        e.cached = true;
-        e.pins += 1;
-        let clean = !e.dirty;
-        if clean {
-            s.lru_insert(block);
-        }
-        Ok(BlockAt::Cached(PinnedBlock { core: self, block }))
-    }
-
-    /// Records a modification of `block` (after its bytes were written or
-    /// its file removed): journal entry, generation, upload queue.
-    fn mark_dirty(&self, s: &mut CacheState, block: u64) -> io::Result<()> {
-        s.seq += 1;
-        let seq = s.seq;
-        s.lru_remove(block);
-        let was_empty = s.queue.is_empty();
-        let Some(e) = s.entries.get_mut(&block) else { return Ok(()) };
-        let mut result = Ok(());
-        if !e.journaled {
-            match self.journal_dir.open_file(&self.geometry.block_name(block), Access::Create(0o600)) {
-                Ok(_) => {
-                    e.journaled = true;
-                    self.flush.names_dirty.store(true, Ordering::Release);
-                }
-                Err(err) => result = Err(err),
-            }
-        }
-        e.generation = seq;
-        let newly = !e.dirty;
-        if newly {
-            e.dirty = true;
-            e.dirty_since = Instant::now();
-        }
-        let enqueue = !e.queued && !e.uploading;
-        if enqueue {
-            e.queued = true;
-        }
-        if newly {
-            s.dirty_blocks += 1;
-        }
-        if enqueue {
-            s.queue.push_back(block);
-            if was_empty {
-                self.changed.notify_all();
-            }
-        }
-        result
-    }
-
-    fn finish_write(&self, block: u64, pin: PinnedBlock<'_>) -> io::Result<()> {
-        let result = {
-            let mut s = self.state();
-            self.mark_dirty(&mut s, block)
-        };
-        drop(pin);
-        lock(&self.unsynced).insert(block);
-        result
-    }
-
-    /// Copies a block to a snapshot file with its trailer and uploads it.
-    fn upload(&self, block: u64) -> io::Result<u64> {
-        let src = self.block_file(block, Access::Read)?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp_name = format!("upload-{block}-{n}");
-        let tmp = self.tmp_dir.join(&tmp_name);
-        let result = (|| {
-            let mut out = self.tmp_dir.open_file(&tmp_name, Access::CreateNew(0o600))?;
-            let mut crc = crc::Crc32c::new();
-            let mut buf = vec![0u8; COPY_CHUNK.min(self.bs() as usize)];
-            let mut pos = 0u64;
-            while pos < self.bs() {
-                let want = buf.len().min((self.bs() - pos) as usize);
-                crate::store::blockfile::read_or_zeros(&src, pos, &mut buf[..want])?;
-                crc.update(&buf[..want]);
-                out.write_all(&buf[..want])?;
-                pos += want as u64;
-            }
-            out.write_all(&crc::trailer(crc.finish()))?;
-            drop(out);
-            self.backend.put_file(&self.key(block), &tmp)
-        })();
-        let _ = self.tmp_dir.remove(&tmp_name);
-        result.map(|()| self.bs())
-    }
-
-    fn worker(self: &Arc<Self>) {
-        let mut backoff: Option<Duration> = None;
-        let mut warned_at: Option<Instant> = None;
-        loop {
-            let (block, generation, cached) = {
-                let mut s = self.state();
-                loop {
-                    if s.stop {
-                        return;
-                    }
-                    let urgent = s.flushers > 0 || s.space_waiters > 0;
-                    let now = Instant::now();
-                    let Some(&block) = s.queue.front() else {
-                        s = self.wait(s, Duration::from_secs(1));
-                        continue;
-                    };
-                    let Some(e) = s.entries.get(&block) else {
-                        s.queue.pop_front();
-                        continue;
-                    };
-                    let due = e.dirty_since + self.config.upload_delay;
-                    if !urgent && now < due {
-                        s = self.wait(s, due - now);
-                        continue;
-                    }
-                    s.queue.pop_front();
-                    s.uploads_in_flight += 1;
-                    let Some(e) = s.entries.get_mut(&block) else { continue };
-                    e.queued = false;
-                    e.uploading = true;
-                    if e.cached {
-                        e.pins += 1;
-                    }
-                    break (block, e.generation, e.cached);
-                }
-            };
-            let key = self.key(block);
-            let result = if cached { self.upload(block) } else { self.backend.delete(&key).map(|()| 0) };
-            let mut settle_lru = false;
-            {
-                let mut s = self.state();
-                s.uploads_in_flight -= 1;
-                let Some(e) = s.entries.get_mut(&block) else { continue };
-                e.uploading = false;
-                if cached {
-                    e.pins = e.pins.saturating_sub(1);
-                }
-                match &result {
-                    Ok(bytes) => {
-                        if cached {
-                            self.counters.uploads.fetch_add(1, Ordering::Relaxed);
-                            self.counters.uploaded_bytes.fetch_add(*bytes, Ordering::Relaxed);
-                        } else {
-                            self.counters.deletes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if e.generation == generation && e.cached == cached {
-                            e.dirty = false;
-                            e.synced_gen = generation;
-                            if e.journaled {
-                                if let Err(err) = self.journal_dir.remove(&self.geometry.block_name(block)) {
-                                    log::warn!("{err}");
-                                }
-                                e.journaled = false;
-                            }
-                            settle_lru = cached;
-                            s.dirty_blocks -= 1;
-                            s.forget_if_idle(block);
-                        } else {
-                            // Modified during the upload: send it again.
-                            e.queued = true;
-                            e.dirty_since = Instant::now();
-                            s.queue.push_back(block);
-                        }
-                        if s.failing_since.take().is_some() {
-                            log::info!("{}: backend answers again", self.backend.describe());
-                        }
-                        backoff = None;
-                    }
-                    Err(err) => {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        e.queued = true;
-                        s.queue.push_front(block);
-                        s.failing_since.get_or_insert_with(Instant::now);
-                        if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                            log::warn!(
-                                "{}: {} {key}: {err}; {} dirty blocks kept in the cache, retrying",
-                                self.backend.describe(),
-                                if cached { "upload" } else { "delete" },
-                                s.dirty_blocks
-                            );
-                            warned_at = Some(Instant::now());
-                        }
-                        backoff = Some(backoff.map_or(Duration::from_millis(100), |b| (b * 2).min(MAX_BACKOFF)));
-                    }
-                }
-                self.changed.notify_all();
-            }
-            if settle_lru {
-                // The journal entry's removal must be durable before the
-                // block may be evicted: a journal entry that came back after
-                // a crash, with its file gone, would mean "delete".
-                let synced = self.journal_dir.sync();
-                let mut s = self.state();
-                if let Some(e) = s.entries.get(&block)
-                    && synced.is_ok()
-                    && e.cached
-                    && !e.dirty
-                    && e.generation == generation
-                    && e.lru_tick.is_none()
-                {
-                    s.lru_insert(block);
-                    if s.space_waiters > 0 {
-                        self.changed.notify_all();
-                    }
-                }
-            }
-            if let Some(pause) = backoff {
-                let s = self.state();
-                if !s.stop {
-                    drop(self.wait(s, pause));
-                }
-            }
-        }
-    }
-
-    /// Waits until every block dirty now is in the backend; fails once the
-    /// backend has been failing for `retry_timeout`.
-    fn wait_uploaded(&self) -> io::Result<()> {
-        let mut s = self.state();
-        let mut targets: Vec<(u64, u64)> =
-            s.entries.iter().filter(|(_, e)| e.dirty).map(|(b, e)| (*b, e.generation)).collect();
-        if targets.is_empty() {
-            return Ok(());
-        }
-        s.flushers += 1;
-        self.changed.notify_all();
-        let started = Instant::now();
-        let result = loop {
-            targets.retain(|(b, g)| s.entries.get(b).is_some_and(|e| e.dirty && e.synced_gen < *g));
-            if targets.is_empty() {
-                break Ok(());
-            }
-            // Every sync gives a failing backend `retry_timeout` to recover.
-            if let Some(since) = s.failing_since
-                && since.max(started).elapsed() >= self.config.retry_timeout
-            {
-                break Err(eio(format!(
-                    "{}: backend failing for {}s; {} blocks not uploaded yet (kept in the cache {})",
-                    self.backend.describe(),
-                    since.elapsed().as_secs(),
-                    targets.len(),
-                    self.config.dir.display()
-                )));
-            }
-            if s.stop {
-                break Err(eio("cache store stopped".into()));
-            }
-            s = self.wait(s, Duration::from_millis(200));
-        };
-        s.flushers -= 1;
-        result
-    }
-
     /// fsyncs the blocks written since the last sync, and the directories
     /// when names changed (see `FlushState::sync`).
     fn local_sync(&self) -> io::Result<()> {
@@ -815,256 +225,9 @@ impl CacheCore {
             Flushed { files, dirs }
         })
     }
-
-    fn stats(&self) -> CacheStats {
-        let s = self.state();
-        let c = &self.counters;
-        CacheStats {
-            backend: self.backend.describe(),
-            durability: self.config.durability.as_str().into(),
-            size_limit: self.max_blocks * self.bs(),
-            cached_blocks: s.cached_blocks,
-            cached_bytes: s.cached_blocks * self.bs(),
-            dirty_blocks: s.dirty_blocks,
-            upload_queue: s.queue.len() as u64,
-            uploading: s.uploads_in_flight,
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            uploads: c.uploads.load(Ordering::Relaxed),
-            uploaded_bytes: c.uploaded_bytes.load(Ordering::Relaxed),
-            deletes: c.deletes.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
-            backend_errors: c.errors.load(Ordering::Relaxed),
-            failing_for: s.failing_since.map(|t| t.elapsed().as_secs()),
-            pid: std::process::id(),
-        }
-    }
-
-    fn stats_writer(self: &Arc<Self>) {
-        let mut last = None;
-        loop {
-            let stats = self.stats();
-            if last.as_ref() != Some(&stats) {
-                let text = serde_json::to_string(&stats).unwrap_or_default();
-                if let Err(err) = write_atomic(&self.root, STATUS_FILE, text.as_bytes(), false) {
-                    log::debug!("cannot write live statistics: {err}");
-                }
-                last = Some(stats);
-            }
-            let next = Instant::now() + Duration::from_secs(1);
-            let mut s = self.state();
-            while !s.stop && Instant::now() < next {
-                s = self.wait(s, next - Instant::now());
-            }
-            if s.stop {
-                return;
-            }
-        }
-    }
 }
 
 impl CacheStore {
-    /// Opens (creating if needed) the cache directory for `meta`'s image on
-    /// `backend`, recovers its journal and starts the upload workers.
-    pub fn open(backend: Arc<dyn ObjectBackend>, meta: &Meta, config: &CacheConfig) -> io::Result<Self> {
-        let geometry = meta.geometry().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let bs = geometry.block_size();
-        if config.size < bs {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: cache size {} is smaller than one block ({bs} bytes)", config.dir.display(), config.size),
-            ));
-        }
-        let dir = &config.dir;
-        mkdir(dir)?;
-        let root = ConfinedDir::open(dir)?;
-        let blocks = root.create_subdir("blocks", 0o700)?;
-        let dirty = root.create_subdir("dirty", 0o700)?;
-        let tmp = root.create_subdir("tmp", 0o700)?;
-        for (name, _) in tmp.entries()? {
-            if let Some(name) = name.to_str() {
-                let _ = tmp.remove(name);
-            }
-        }
-        // The cache's own names: a link, FIFO or device in their place was
-        // put there by someone else and is never followed or opened.
-        let block_of = |name: &std::ffi::OsStr, kind: Kind, dir: &ConfinedDir| -> io::Result<u64> {
-            let path = dir.path().join(name);
-            let block = name.to_str().and_then(|n| geometry.parse_block_name(n)).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a block of this image", path.display()))
-            })?;
-            if kind != Kind::File {
-                return Err(crate::store::confined::not_a_file(&path, kind));
-            }
-            Ok(block)
-        };
-        let mut marked = HashSet::new();
-        for (name, kind) in dirty.entries()? {
-            marked.insert(block_of(&name, kind, &dirty)?);
-        }
-        let was_clean = match root.kind(CLEAN_SHUTDOWN)? {
-            Some(Kind::File) => true,
-            Some(kind) => return Err(crate::store::confined::not_a_file(&root.join(CLEAN_SHUTDOWN), kind)),
-            None => false,
-        };
-        if was_clean {
-            root.remove(CLEAN_SHUTDOWN)?;
-            root.sync()?;
-        }
-        let info: Option<CacheInfo> =
-            read_optional(&root, CACHE_INFO)?.and_then(|text| serde_json::from_slice(&text).ok());
-        let same_image = info.as_ref().is_some_and(|i| i.meta.id == meta.id);
-        if !same_image && !marked.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the cache holds {} blocks not yet uploaded for another image{}; it cannot serve image {} of {}",
-                    dir.display(),
-                    marked.len(),
-                    info.as_ref().map(|i| format!(" ({} on {})", i.meta.id, i.backend)).unwrap_or_default(),
-                    meta.id,
-                    backend.describe()
-                ),
-            ));
-        }
-        let core = CacheCore {
-            geometry,
-            max_blocks: config.size / bs,
-            root,
-            blocks_dir: blocks,
-            journal_dir: dirty,
-            tmp_dir: tmp,
-            config: config.clone(),
-            backend,
-            state: Mutex::new(CacheState::default()),
-            changed: Condvar::new(),
-            fetch_locks: (0..FETCH_STRIPES).map(|_| Mutex::new(())).collect(),
-            unsynced: Mutex::new(HashSet::new()),
-            flush: Default::default(),
-            counters: Counters::default(),
-            tmp_counter: AtomicU64::new(0),
-        };
-        // Clean cached blocks are kept only if this cache was the last to
-        // serve the store and shut down cleanly.
-        let remote_epoch = core.retrying(&format!("get {EPOCH_KEY}"), || core.backend.get(EPOCH_KEY))?;
-        let keep_clean = was_clean
-            && same_image
-            && info.as_ref().is_some_and(|i| remote_epoch.as_deref() == Some(i.epoch.as_bytes()));
-        if same_image
-            && !keep_clean
-            && info.as_ref().is_some_and(|i| remote_epoch.as_deref() != Some(i.epoch.as_bytes()))
-            && !marked.is_empty()
-        {
-            log::warn!(
-                "{}: another cache served {} since this one last did; uploading this cache's {} unsent blocks over it",
-                dir.display(),
-                core.backend.describe(),
-                marked.len()
-            );
-        }
-        let mut files = vec![];
-        for (name, kind) in core.blocks_dir.entries()? {
-            let path = core.blocks_dir.path().join(&name);
-            let Some(name) = name.to_str() else {
-                log::warn!("{}: not a cached block; left alone", path.display());
-                continue;
-            };
-            let Some(block) = geometry.parse_block_name(name) else {
-                // Unlinking removes a link itself, never its target.
-                log::warn!("{}: not a cached block ({}); removing it", path.display(), kind.describe());
-                let _ = core.blocks_dir.remove(name);
-                continue;
-            };
-            if kind != Kind::File {
-                return Err(crate::store::confined::not_a_file(&path, kind));
-            }
-            if !marked.contains(&block) && !keep_clean {
-                core.blocks_dir.remove(name)?;
-                continue;
-            }
-            let Some(stat) = core.blocks_dir.stat(name)? else { continue };
-            if stat.st_size as u64 > bs {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: cached block is longer than a block", path.display()),
-                ));
-            }
-            let used = UNIX_EPOCH
-                + Duration::new(stat.st_mtime.max(0) as u64, stat.st_mtime_nsec.clamp(0, 999_999_999) as u32);
-            files.push((used, block));
-        }
-        files.sort();
-        {
-            let mut s = core.state();
-            for (_, block) in &files {
-                s.seq += 1;
-                let mut e = BlockEntry::new(s.seq);
-                e.cached = true;
-                s.entries.insert(*block, e);
-                s.cached_blocks += 1;
-                if !marked.contains(block) {
-                    s.lru_insert(*block);
-                }
-            }
-            let mut journal: Vec<u64> = marked.iter().copied().collect();
-            journal.sort();
-            for block in journal {
-                s.seq += 1;
-                let seq = s.seq;
-                let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
-                e.journaled = true;
-                e.dirty = true;
-                e.queued = true;
-                e.generation = seq;
-                e.synced_gen = 0;
-                s.dirty_blocks += 1;
-                s.queue.push_back(block);
-            }
-            // Over the bound (a smaller size than last time): evict clean ones.
-            while s.cached_blocks > core.max_blocks {
-                let Some((tick, block)) = s.lru.iter().next().map(|(t, b)| (*t, *b)) else { break };
-                s.lru.remove(&tick);
-                s.entries.remove(&block);
-                s.cached_blocks -= 1;
-                let _ = core.blocks_dir.remove(&core.name(block));
-            }
-            if !marked.is_empty() {
-                log::info!(
-                    "{}: {} blocks from the journal will be uploaded to {}",
-                    dir.display(),
-                    marked.len(),
-                    core.backend.describe()
-                );
-            }
-        }
-        let epoch = uuid::Uuid::new_v4().to_string();
-        core.retrying(&format!("put {EPOCH_KEY}"), || core.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
-        let info =
-            CacheInfo { format: "onefs-cache".into(), backend: core.backend.describe(), epoch, meta: meta.clone() };
-        let info_text = serde_json::to_string_pretty(&info).unwrap_or_default() + "\n";
-        write_atomic(&core.root, CACHE_INFO, info_text.as_bytes(), true)?;
-
-        let core = Arc::new(core);
-        let mut threads = vec![];
-        for i in 0..config.upload_workers.max(1) {
-            let worker = core.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("upload-{i}"))
-                    .spawn(move || worker.worker())
-                    .map_err(|e| context("cannot start an upload worker", e))?,
-            );
-        }
-        let writer = core.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("cache-stats".into())
-                .spawn(move || writer.stats_writer())
-                .map_err(|e| context("cannot start the statistics writer", e))?,
-        );
-        Ok(Self { core, threads: Mutex::new(threads), closed: AtomicBool::new(false) })
-    }
-
     pub fn stats(&self) -> CacheStats {
         self.core.stats()
     }

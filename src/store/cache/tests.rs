@@ -1,6 +1,8 @@
 use super::*;
 use crate::backend::MemBackend;
+use crate::core::is_zero;
 use crate::image::Image;
+use crate::meta::Meta;
 use proptest::prelude::*;
 use std::sync::atomic::AtomicUsize;
 
