@@ -6,6 +6,7 @@ use super::state::{BlockEntry, CacheState};
 use super::stats::Counters;
 use super::{CACHE_INFO, CLEAN_SHUTDOWN, CacheConfig, CacheCore, CacheStore, EPOCH_KEY, FETCH_STRIPES, write_atomic};
 use crate::backend::ObjectBackend;
+use crate::core::Geometry;
 use crate::errors::context;
 use crate::meta::Meta;
 use crate::store::confined::{ConfinedDir, Kind};
@@ -16,6 +17,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// `cache.json`.
@@ -51,6 +53,15 @@ fn read_optional(dir: &ConfinedDir, name: &str) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// The cache directory and its parts, every name opened relative to them
+/// and never through a link (see `ConfinedDir`).
+struct CacheDirs {
+    root: ConfinedDir,
+    blocks: ConfinedDir,
+    journal: ConfinedDir,
+    tmp: ConfinedDir,
+}
+
 impl CacheStore {
     /// Opens (creating if needed) the cache directory for `meta`'s image on
     /// `backend`, recovers its journal and starts the upload workers.
@@ -63,65 +74,126 @@ impl CacheStore {
                 format!("{}: cache size {} is smaller than one block ({bs} bytes)", config.dir.display(), config.size),
             ));
         }
-        let dir = &config.dir;
-        mkdir(dir)?;
-        let root = ConfinedDir::open(dir)?;
-        let blocks = root.create_subdir("blocks", 0o700)?;
-        let dirty = root.create_subdir("dirty", 0o700)?;
-        let tmp = root.create_subdir("tmp", 0o700)?;
-        for (name, _) in tmp.entries()? {
-            if let Some(name) = name.to_str() {
-                let _ = tmp.remove(name);
-            }
+        let dirs = open_dirs(&config.dir)?;
+        let journal = read_journal(&dirs.journal, &geometry)?;
+        let was_clean = take_clean_shutdown(&dirs.root)?;
+        let own_info = read_own_info(&dirs.root, &journal, meta, &config.dir, &*backend)?;
+        let core = CacheCore::new(backend, geometry, config, dirs);
+        let keep_clean = core.may_keep_clean_blocks(was_clean, own_info.as_ref(), &journal)?;
+        let cached = core.keep_cached_blocks(&journal, keep_clean)?;
+        core.rebuild_state(&cached, &journal);
+        core.claim_store(meta)?;
+        let core = Arc::new(core);
+        let threads = start_threads(&core)?;
+        Ok(Self { core, threads: Mutex::new(threads), closed: AtomicBool::new(false) })
+    }
+}
+
+/// Creates what is missing of the cache directory and empties `tmp/`.
+fn open_dirs(dir: &Path) -> io::Result<CacheDirs> {
+    mkdir(dir)?;
+    let root = ConfinedDir::open(dir)?;
+    let blocks = root.create_subdir("blocks", 0o700)?;
+    let journal = root.create_subdir("dirty", 0o700)?;
+    let tmp = root.create_subdir("tmp", 0o700)?;
+    for (name, _) in tmp.entries()? {
+        if let Some(name) = name.to_str() {
+            let _ = tmp.remove(name);
         }
-        // The cache's own names: a link, FIFO or device in their place was
-        // put there by someone else and is never followed or opened.
-        let block_of = |name: &std::ffi::OsStr, kind: Kind, dir: &ConfinedDir| -> io::Result<u64> {
-            let path = dir.path().join(name);
-            let block = name.to_str().and_then(|n| geometry.parse_block_name(n)).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a block of this image", path.display()))
-            })?;
-            if kind != Kind::File {
-                return Err(crate::store::confined::not_a_file(&path, kind));
-            }
-            Ok(block)
-        };
-        let mut marked = HashSet::new();
-        for (name, kind) in dirty.entries()? {
-            marked.insert(block_of(&name, kind, &dirty)?);
+    }
+    Ok(CacheDirs { root, blocks, journal, tmp })
+}
+
+/// The blocks named in `dirty/`: not yet in the backend. Only the cache's
+/// own names are accepted: a link, FIFO or device in their place was put
+/// there by someone else and is never followed or opened.
+fn read_journal(journal: &ConfinedDir, geometry: &Geometry) -> io::Result<HashSet<u64>> {
+    let mut blocks = HashSet::new();
+    for (name, kind) in journal.entries()? {
+        let path = journal.path().join(&name);
+        let block = name.to_str().and_then(|n| geometry.parse_block_name(n)).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a block of this image", path.display()))
+        })?;
+        if kind != Kind::File {
+            return Err(crate::store::confined::not_a_file(&path, kind));
         }
-        let was_clean = match root.kind(CLEAN_SHUTDOWN)? {
-            Some(Kind::File) => true,
-            Some(kind) => return Err(crate::store::confined::not_a_file(&root.join(CLEAN_SHUTDOWN), kind)),
-            None => false,
-        };
-        if was_clean {
+        blocks.insert(block);
+    }
+    Ok(blocks)
+}
+
+/// Whether the last shutdown was clean; removes the mark (durably), so a
+/// crash from now on is seen as one.
+fn take_clean_shutdown(root: &ConfinedDir) -> io::Result<bool> {
+    match root.kind(CLEAN_SHUTDOWN)? {
+        Some(Kind::File) => {
             root.remove(CLEAN_SHUTDOWN)?;
             root.sync()?;
+            Ok(true)
         }
-        let info: Option<CacheInfo> =
-            read_optional(&root, CACHE_INFO)?.and_then(|text| serde_json::from_slice(&text).ok());
-        let same_image = info.as_ref().is_some_and(|i| i.meta.id == meta.id);
-        if !same_image && !marked.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the cache holds {} blocks not yet uploaded for another image{}; it cannot serve image {} of {}",
-                    dir.display(),
-                    marked.len(),
-                    info.as_ref().map(|i| format!(" ({} on {})", i.meta.id, i.backend)).unwrap_or_default(),
-                    meta.id,
-                    backend.describe()
-                ),
-            ));
-        }
-        let core = CacheCore {
+        Some(kind) => Err(crate::store::confined::not_a_file(&root.join(CLEAN_SHUTDOWN), kind)),
+        None => Ok(false),
+    }
+}
+
+/// `cache.json` if it belongs to `meta`'s image. A cache of another image
+/// (or of none) is refused while its journal holds blocks not yet uploaded.
+fn read_own_info(
+    root: &ConfinedDir,
+    journal: &HashSet<u64>,
+    meta: &Meta,
+    dir: &Path,
+    backend: &dyn ObjectBackend,
+) -> io::Result<Option<CacheInfo>> {
+    let info: Option<CacheInfo> = read_optional(root, CACHE_INFO)?.and_then(|text| serde_json::from_slice(&text).ok());
+    let same_image = info.as_ref().is_some_and(|i| i.meta.id == meta.id);
+    if !same_image && !journal.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: the cache holds {} blocks not yet uploaded for another image{}; it cannot serve image {} of {}",
+                dir.display(),
+                journal.len(),
+                info.as_ref().map(|i| format!(" ({} on {})", i.meta.id, i.backend)).unwrap_or_default(),
+                meta.id,
+                backend.describe()
+            ),
+        ));
+    }
+    Ok(info.filter(|_| same_image))
+}
+
+/// Starts the upload workers and the statistics writer; stops those
+/// already started if one cannot be.
+fn start_threads(core: &Arc<CacheCore>) -> io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = vec![];
+    let mut spawn = |name: String, job: fn(&Arc<CacheCore>)| {
+        let core = core.clone();
+        std::thread::Builder::new().name(name).spawn(move || job(&core)).map(|t| threads.push(t))
+    };
+    let mut started = Ok(());
+    for i in 0..core.config.upload_workers.max(1) {
+        started = started.and_then(|()| spawn(format!("upload-{i}"), CacheCore::worker));
+    }
+    started = started.and_then(|()| spawn("cache-stats".into(), CacheCore::stats_writer));
+    if let Err(e) = started {
+        core.state().stop = true;
+        core.changed.notify_all();
+        threads.into_iter().for_each(|t| drop(t.join()));
+        return Err(context("cannot start the cache's threads", e));
+    }
+    Ok(threads)
+}
+
+impl CacheCore {
+    fn new(backend: Arc<dyn ObjectBackend>, geometry: Geometry, config: &CacheConfig, dirs: CacheDirs) -> Self {
+        CacheCore {
+            max_blocks: config.size / geometry.block_size(),
             geometry,
-            max_blocks: config.size / bs,
-            root,
-            blocks_dir: blocks,
-            journal_dir: dirty,
-            tmp_dir: tmp,
+            root: dirs.root,
+            blocks_dir: dirs.blocks,
+            journal_dir: dirs.journal,
+            tmp_dir: dirs.tmp,
             config: config.clone(),
             backend,
             state: Mutex::new(CacheState::default()),
@@ -131,47 +203,58 @@ impl CacheStore {
             flush: Default::default(),
             counters: Counters::default(),
             tmp_counter: AtomicU64::new(0),
-        };
-        // Clean cached blocks are kept only if this cache was the last to
-        // serve the store and shut down cleanly.
-        let remote_epoch = core.retrying(&format!("get {EPOCH_KEY}"), || core.backend.get(EPOCH_KEY))?;
-        let keep_clean = was_clean
-            && same_image
-            && info.as_ref().is_some_and(|i| remote_epoch.as_deref() == Some(i.epoch.as_bytes()));
-        if same_image
-            && !keep_clean
-            && info.as_ref().is_some_and(|i| remote_epoch.as_deref() != Some(i.epoch.as_bytes()))
-            && !marked.is_empty()
-        {
+        }
+    }
+
+    /// Clean cached blocks are kept only if this cache was the last to serve
+    /// the store (the backend's epoch is the one in its `cache.json` of this
+    /// image, `own_info`) and shut down cleanly: otherwise they may be stale
+    /// or hold writes that were never synced.
+    fn may_keep_clean_blocks(
+        &self,
+        was_clean: bool,
+        own_info: Option<&CacheInfo>,
+        journal: &HashSet<u64>,
+    ) -> io::Result<bool> {
+        let remote_epoch = self.retrying(&format!("get {EPOCH_KEY}"), || self.backend.get(EPOCH_KEY))?;
+        let last_to_serve = own_info.is_some_and(|i| remote_epoch.as_deref() == Some(i.epoch.as_bytes()));
+        if own_info.is_some() && !last_to_serve && !journal.is_empty() {
             log::warn!(
                 "{}: another cache served {} since this one last did; uploading this cache's {} unsent blocks over it",
-                dir.display(),
-                core.backend.describe(),
-                marked.len()
+                self.config.dir.display(),
+                self.backend.describe(),
+                journal.len()
             );
         }
-        let mut files = vec![];
-        for (name, kind) in core.blocks_dir.entries()? {
-            let path = core.blocks_dir.path().join(&name);
+        Ok(was_clean && last_to_serve)
+    }
+
+    /// Goes through `blocks/`: keeps the journal's blocks, and the clean
+    /// ones with `keep_clean`; removes the rest and strays. Returns the kept
+    /// blocks, least recently used first.
+    fn keep_cached_blocks(&self, journal: &HashSet<u64>, keep_clean: bool) -> io::Result<Vec<u64>> {
+        let mut kept = vec![];
+        for (name, kind) in self.blocks_dir.entries()? {
+            let path = self.blocks_dir.path().join(&name);
             let Some(name) = name.to_str() else {
                 log::warn!("{}: not a cached block; left alone", path.display());
                 continue;
             };
-            let Some(block) = geometry.parse_block_name(name) else {
+            let Some(block) = self.geometry.parse_block_name(name) else {
                 // Unlinking removes a link itself, never its target.
                 log::warn!("{}: not a cached block ({}); removing it", path.display(), kind.describe());
-                let _ = core.blocks_dir.remove(name);
+                let _ = self.blocks_dir.remove(name);
                 continue;
             };
             if kind != Kind::File {
                 return Err(crate::store::confined::not_a_file(&path, kind));
             }
-            if !marked.contains(&block) && !keep_clean {
-                core.blocks_dir.remove(name)?;
+            if !journal.contains(&block) && !keep_clean {
+                self.blocks_dir.remove(name)?;
                 continue;
             }
-            let Some(stat) = core.blocks_dir.stat(name)? else { continue };
-            if stat.st_size as u64 > bs {
+            let Some(stat) = self.blocks_dir.stat(name)? else { continue };
+            if stat.st_size as u64 > self.bs() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{}: cached block is longer than a block", path.display()),
@@ -179,77 +262,66 @@ impl CacheStore {
             }
             let used = UNIX_EPOCH
                 + Duration::new(stat.st_mtime.max(0) as u64, stat.st_mtime_nsec.clamp(0, 999_999_999) as u32);
-            files.push((used, block));
+            kept.push((used, block));
         }
-        files.sort();
-        {
-            let mut s = core.state();
-            for (_, block) in &files {
-                s.seq += 1;
-                let mut e = BlockEntry::new(s.seq);
-                e.cached = true;
-                s.entries.insert(*block, e);
-                s.cached_blocks += 1;
-                if !marked.contains(block) {
-                    s.lru_insert(*block);
-                }
-            }
-            let mut journal: Vec<u64> = marked.iter().copied().collect();
-            journal.sort();
-            for block in journal {
-                s.seq += 1;
-                let seq = s.seq;
-                let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
-                e.journaled = true;
-                e.dirty = true;
-                e.queued = true;
-                e.generation = seq;
-                e.synced_gen = 0;
-                s.dirty_blocks += 1;
-                s.queue.push_back(block);
-            }
-            // Over the bound (a smaller size than last time): evict clean ones.
-            while s.cached_blocks > core.max_blocks {
-                let Some((tick, block)) = s.lru.iter().next().map(|(t, b)| (*t, *b)) else { break };
-                s.lru.remove(&tick);
-                s.entries.remove(&block);
-                s.cached_blocks -= 1;
-                let _ = core.blocks_dir.remove(&core.name(block));
-            }
-            if !marked.is_empty() {
-                log::info!(
-                    "{}: {} blocks from the journal will be uploaded to {}",
-                    dir.display(),
-                    marked.len(),
-                    core.backend.describe()
-                );
-            }
-        }
-        let epoch = uuid::Uuid::new_v4().to_string();
-        core.retrying(&format!("put {EPOCH_KEY}"), || core.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
-        let info =
-            CacheInfo { format: "onefs-cache".into(), backend: core.backend.describe(), epoch, meta: meta.clone() };
-        let info_text = serde_json::to_string_pretty(&info).unwrap_or_default() + "\n";
-        write_atomic(&core.root, CACHE_INFO, info_text.as_bytes(), true)?;
+        kept.sort();
+        Ok(kept.into_iter().map(|(_, block)| block).collect())
+    }
 
-        let core = Arc::new(core);
-        let mut threads = vec![];
-        for i in 0..config.upload_workers.max(1) {
-            let worker = core.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("upload-{i}"))
-                    .spawn(move || worker.worker())
-                    .map_err(|e| context("cannot start an upload worker", e))?,
+    /// Entries for the cached blocks (clean ones in the LRU) and the
+    /// journal's (dirty, queued for upload); evicts clean blocks beyond the
+    /// size, which may be smaller than last time.
+    fn rebuild_state(&self, cached: &[u64], journal: &HashSet<u64>) {
+        let mut s = self.state();
+        for &block in cached {
+            s.seq += 1;
+            let mut e = BlockEntry::new(s.seq);
+            e.cached = true;
+            s.entries.insert(block, e);
+            s.cached_blocks += 1;
+            if !journal.contains(&block) {
+                s.lru_insert(block);
+            }
+        }
+        let mut dirty: Vec<u64> = journal.iter().copied().collect();
+        dirty.sort();
+        for block in dirty {
+            s.seq += 1;
+            let seq = s.seq;
+            let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
+            e.journaled = true;
+            e.dirty = true;
+            e.queued = true;
+            e.generation = seq;
+            e.synced_gen = 0;
+            s.dirty_blocks += 1;
+            s.queue.push_back(block);
+        }
+        while s.cached_blocks > self.max_blocks {
+            let Some((tick, block)) = s.lru.iter().next().map(|(t, b)| (*t, *b)) else { break };
+            s.lru.remove(&tick);
+            s.entries.remove(&block);
+            s.cached_blocks -= 1;
+            let _ = self.blocks_dir.remove(&self.name(block));
+        }
+        if !journal.is_empty() {
+            log::info!(
+                "{}: {} blocks from the journal will be uploaded to {}",
+                self.config.dir.display(),
+                journal.len(),
+                self.backend.describe()
             );
         }
-        let writer = core.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("cache-stats".into())
-                .spawn(move || writer.stats_writer())
-                .map_err(|e| context("cannot start the statistics writer", e))?,
-        );
-        Ok(Self { core, threads: Mutex::new(threads), closed: AtomicBool::new(false) })
+    }
+
+    /// Makes this cache the one that last served the store: a new epoch in
+    /// the backend, then in `cache.json`.
+    fn claim_store(&self, meta: &Meta) -> io::Result<()> {
+        let epoch = uuid::Uuid::new_v4().to_string();
+        self.retrying(&format!("put {EPOCH_KEY}"), || self.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
+        let info =
+            CacheInfo { format: "onefs-cache".into(), backend: self.backend.describe(), epoch, meta: meta.clone() };
+        let info_text = serde_json::to_string_pretty(&info).unwrap_or_default() + "\n";
+        write_atomic(&self.root, CACHE_INFO, info_text.as_bytes(), true)
     }
 }
