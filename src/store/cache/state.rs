@@ -1,6 +1,9 @@
 //! The cache's bookkeeping in memory: an entry per block that is cached,
 //! dirty or in use, the LRU of evictable blocks, pins, room in the cache,
 //! and marking blocks dirty (the journal).
+//!
+//! Fields are `pub` in this private module: the cache module's other files
+//! read and update them under the state's mutex.
 
 use super::CacheCore;
 use crate::store::confined::Access;
@@ -15,25 +18,25 @@ use std::time::{Duration, Instant};
 /// (blocks that are none of these have no entry).
 pub(super) struct BlockEntry {
     /// `blocks/blk-N` holds the block.
-    pub(super) cached: bool,
+    pub cached: bool,
     /// The backend must be brought up to date (upload the file, or delete
     /// the object when not cached).
-    pub(super) dirty: bool,
+    pub dirty: bool,
     /// `dirty/blk-N` exists.
-    pub(super) journaled: bool,
+    pub journaled: bool,
     /// Sequence number of the last modification.
-    pub(super) generation: u64,
+    pub generation: u64,
     /// Generation last confirmed in the backend.
-    pub(super) synced_gen: u64,
+    pub synced_gen: u64,
     /// In the upload queue.
-    pub(super) queued: bool,
+    pub queued: bool,
     /// An upload worker has it.
-    pub(super) uploading: bool,
-    pub(super) dirty_since: Instant,
+    pub uploading: bool,
+    pub dirty_since: Instant,
     /// Readers, writers and uploads using the cached file: never evicted then.
-    pub(super) pins: u32,
+    pub pins: u32,
     /// Position in the LRU of evictable (clean, cached) blocks.
-    pub(super) lru_tick: Option<u64>,
+    pub lru_tick: Option<u64>,
 }
 
 impl BlockEntry {
@@ -56,24 +59,24 @@ impl BlockEntry {
 /// The cache's bookkeeping, under one mutex (`CacheCore::state`).
 #[derive(Default)]
 pub(super) struct CacheState {
-    pub(super) entries: HashMap<u64, BlockEntry>,
+    pub entries: HashMap<u64, BlockEntry>,
     /// Evictable blocks by LRU tick, oldest first.
-    pub(super) lru: BTreeMap<u64, u64>,
-    pub(super) lru_clock: u64,
+    pub lru: BTreeMap<u64, u64>,
+    pub lru_clock: u64,
     /// The last generation handed out (see `BlockEntry::generation`).
-    pub(super) seq: u64,
+    pub seq: u64,
     /// Cached blocks, counting space reserved for fetches and creations.
-    pub(super) cached_blocks: u64,
-    pub(super) dirty_blocks: u64,
-    pub(super) uploads_in_flight: u64,
+    pub cached_blocks: u64,
+    pub dirty_blocks: u64,
+    pub uploads_in_flight: u64,
     /// Dirty blocks waiting for an upload worker, oldest first.
-    pub(super) queue: VecDeque<u64>,
+    pub queue: VecDeque<u64>,
     /// Threads waiting for every dirty block to be uploaded (no delay then).
-    pub(super) flushers: u32,
+    pub flushers: u32,
     /// Writers waiting for room in the cache (no delay then either).
-    pub(super) space_waiters: u32,
-    pub(super) failing_since: Option<Instant>,
-    pub(super) stop: bool,
+    pub space_waiters: u32,
+    pub failing_since: Option<Instant>,
+    pub stop: bool,
 }
 
 impl CacheState {
@@ -109,8 +112,8 @@ impl CacheState {
 
 /// Unpins a cached block when dropped.
 pub(super) struct PinnedBlock<'a> {
-    pub(super) core: &'a CacheCore,
-    pub(super) block: u64,
+    pub core: &'a CacheCore,
+    pub block: u64,
 }
 
 impl Drop for PinnedBlock<'_> {

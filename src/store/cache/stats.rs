@@ -49,13 +49,13 @@ pub fn read_stats(dir: &Path) -> Option<CacheStats> {
 
 #[derive(Default)]
 pub(super) struct Counters {
-    pub(super) hits: AtomicU64,
-    pub(super) misses: AtomicU64,
-    pub(super) uploads: AtomicU64,
-    pub(super) uploaded_bytes: AtomicU64,
-    pub(super) deletes: AtomicU64,
-    pub(super) evictions: AtomicU64,
-    pub(super) errors: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub uploads: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    pub deletes: AtomicU64,
+    pub evictions: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 impl CacheCore {
