@@ -535,6 +535,14 @@ fn supervise(mut cmd: Command, socket: PathBuf, remote: String, shared: Arc<Shar
             );
             {
                 let mut state = shared.state();
+                // Stopping began while it started: shutdown saw no rcd to
+                // stop, so this one must not be left running.
+                if state.stopping {
+                    drop(state);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
                 state.ready = Some(child.id());
                 state.ever_ready = true;
             }
