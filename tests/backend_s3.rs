@@ -2,8 +2,8 @@
 
 mod remote;
 
-use onefs::backend::s3::{Retry, S3Credentials};
-use onefs::backend::{ObjectBackend, S3Backend, block_key};
+use onefs::backend::s3::S3Credentials;
+use onefs::backend::{ObjectBackend, Retry, Retrying, S3Backend, block_key};
 use remote::Garage;
 use std::time::{Duration, Instant};
 
@@ -107,8 +107,9 @@ fn bad_credentials_and_a_missing_bucket_are_one_clear_line() {
 #[test]
 fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
     let mut garage = Garage::start();
-    let mut b = garage.backend("outage");
-    b.set_retry(Retry { attempts: 40, first: Duration::from_millis(100), max: Duration::from_millis(250) });
+    let s3: std::sync::Arc<dyn ObjectBackend> = std::sync::Arc::new(garage.backend("outage"));
+    let patient = Retry { first: Duration::from_millis(100), max: Duration::from_millis(250), ..Retry::attempts(40) };
+    let b = Retrying::new(s3.clone(), patient);
     b.put("d0000/blk-000001", b"before").unwrap();
 
     garage.stop();
@@ -125,7 +126,10 @@ fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
     assert_eq!(b.get("d0000/blk-000002").unwrap().as_deref(), Some(&b"during"[..]));
 
     garage.stop();
-    b.set_retry(Retry { attempts: 3, first: Duration::from_millis(20), max: Duration::from_millis(20) });
+    let b = Retrying::new(
+        s3,
+        Retry { first: Duration::from_millis(20), max: Duration::from_millis(20), ..Retry::attempts(3) },
+    );
     let err = b.get("d0000/blk-000001").unwrap_err();
     let text = err.to_string();
     assert!(
@@ -134,6 +138,7 @@ fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
             && text.contains("gave up after 3 attempts"),
         "{text}"
     );
+    assert_eq!(text.matches("GET outage/d0000/blk-000001").count(), 1, "the request is named once: {text}");
     assert_eq!(onefs::errors::errno(&err), libc::EIO, "a backend that stays down is EIO");
 }
 

@@ -5,11 +5,14 @@
 //!
 //! Keys are `/`-separated relative names (`onefs.json`, `d0000/blk-000001`);
 //! a backend maps them under its own bucket, prefix or folder.
+//!
+//! A call makes one attempt; the caller retries ([`retry`] says who and how).
 
 pub mod dir;
 pub mod lock;
 pub mod memory;
 pub mod rclone;
+pub mod retry;
 pub mod s3;
 
 use std::io;
@@ -19,8 +22,12 @@ pub use dir::DirObjects;
 pub use lock::RemoteLock;
 pub use memory::MemBackend;
 pub use rclone::{RcloneBackend, RcloneConfig};
+pub use retry::{Retry, Retrying};
 pub use s3::{S3Backend, S3Config};
 
+/// Whole objects by key. Each call makes exactly one attempt; a failure
+/// that no attempt can fix is marked with [`retry::permanent`], every other
+/// one is worth retrying. Errors name the backend, the operation and the key.
 pub trait ObjectBackend: Send + Sync {
     /// Where this backend points, for messages (`s3://bucket/prefix`).
     fn describe(&self) -> String;
