@@ -91,6 +91,18 @@ fn bad_credentials_and_a_missing_bucket_are_one_clear_line() {
     assert!(err.contains("GET onefs.json: HTTP 403") && err.contains("check the credentials"), "{err}");
     assert!(!err.contains('\n'), "{err:?}");
 
+    // Refused credentials are not retried: a cache over them fails to open
+    // at once (EIO naming the cause), not after its 30 s retry_timeout.
+    let dir = remote::scratch("s3denied");
+    let cache = onefs::store::cache::CacheConfig::new(&dir.path().join("cache"));
+    let meta = onefs::meta::Meta::new(&onefs::core::Geometry::new(1 << 30, 4 << 20).unwrap());
+    let t = Instant::now();
+    let err = onefs::store::cache::CacheStore::open(std::sync::Arc::new(b), &meta, &cache).err().unwrap();
+    let text = err.to_string();
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: {text}", t.elapsed());
+    assert!(text.contains("GET onefs.epoch: HTTP 403") && !text.contains("gave up"), "{text}");
+    assert_eq!(onefs::errors::errno(&err), libc::EIO);
+
     config.bucket = "no-such-bucket".into();
     config.credentials_file = Some(garage.credentials_file());
     let err = S3Backend::new(&config).unwrap_err().to_string();

@@ -17,7 +17,7 @@ impl CacheCore {
         let key = self.key(block);
         let mut corrupt = 0;
         loop {
-            let object = self.retrying(&format!("get {key}"), || self.backend.get(&key))?;
+            let object = self.request(|| self.backend.get(&key))?;
             let Some(object) = object else {
                 log::error!(
                     "{}: object {key} is missing (the image holds block {})",

@@ -58,6 +58,7 @@ pub use recovery::cached_meta;
 pub use stats::{CacheStats, read_stats};
 
 use super::{BlockStore, Zeroed};
+use crate::backend::retry::Retry;
 use crate::backend::{ObjectBackend, block_key};
 use crate::core::Geometry;
 use crate::errors::context;
@@ -74,7 +75,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const CACHE_INFO: &str = "cache.json";
 pub const STATUS_FILE: &str = "status.json";
@@ -83,7 +84,6 @@ const CLEAN_SHUTDOWN: &str = "clean-shutdown";
 pub const EPOCH_KEY: &str = "onefs.epoch";
 const FETCH_STRIPES: usize = 64;
 const COPY_CHUNK: usize = 1 << 20;
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// What the store and its threads (upload workers, statistics writer)
 /// share.
@@ -174,30 +174,17 @@ impl CacheCore {
         self.geometry.block_size()
     }
 
-    /// Runs a backend operation, retrying with exponential backoff for up
-    /// to `retry_timeout`.
-    fn retrying<T>(&self, what: &str, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-        let deadline = Instant::now() + self.config.retry_timeout;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match op() {
-                Ok(v) => return Ok(v),
-                Err(err) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    if Instant::now() + backoff > deadline {
-                        log::error!(
-                            "{}: {what}: {err} (gave up after {:?})",
-                            self.backend.describe(),
-                            self.config.retry_timeout
-                        );
-                        return Err(eio(format!("{}: {what}: {err}", self.backend.describe())));
-                    }
-                    log::debug!("{}: {what}: {err}; retrying in {backoff:?}", self.backend.describe());
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+    /// One backend request, its transient failures retried for up to
+    /// `retry_timeout`: the only loop around it, as the backend makes one
+    /// attempt a call. A permanent failure comes back at once. What fails
+    /// is EIO with the backend's message (whoever gets it logs it once).
+    fn request<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        let counted = || {
+            op().inspect_err(|_| {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        Retry::within(self.config.retry_timeout).run(counted).map_err(|err| eio(err.to_string()))
     }
 
     /// fsyncs the blocks written since the last sync, and the directories
@@ -286,7 +273,7 @@ impl BlockStore for CacheStore {
         // otherwise leave its block out of both, and the image would read it
         // as zeros. Only the upload workers wait: this runs before serving.
         let s = core.state();
-        let keys = core.retrying("list", || core.backend.list(""))?;
+        let keys = core.request(|| core.backend.list(""))?;
         let mut present = HashSet::new();
         for key in keys {
             let Some((folder, name)) = key.split_once('/') else { continue };

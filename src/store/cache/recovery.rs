@@ -216,7 +216,7 @@ impl CacheCore {
         own_info: Option<&CacheInfo>,
         journal: &HashSet<u64>,
     ) -> io::Result<bool> {
-        let remote_epoch = self.retrying(&format!("get {EPOCH_KEY}"), || self.backend.get(EPOCH_KEY))?;
+        let remote_epoch = self.request(|| self.backend.get(EPOCH_KEY))?;
         let last_to_serve = own_info.is_some_and(|i| remote_epoch.as_deref() == Some(i.epoch.as_bytes()));
         if own_info.is_some() && !last_to_serve && !journal.is_empty() {
             log::warn!(
@@ -318,7 +318,7 @@ impl CacheCore {
     /// the backend, then in `cache.json`.
     fn claim_store(&self, meta: &Meta) -> io::Result<()> {
         let epoch = uuid::Uuid::new_v4().to_string();
-        self.retrying(&format!("put {EPOCH_KEY}"), || self.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
+        self.request(|| self.backend.put(EPOCH_KEY, epoch.as_bytes()))?;
         let info =
             CacheInfo { format: "onefs-cache".into(), backend: self.backend.describe(), epoch, meta: meta.clone() };
         let info_text = serde_json::to_string_pretty(&info).unwrap_or_default() + "\n";

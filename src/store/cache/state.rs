@@ -76,6 +76,11 @@ pub(super) struct CacheState {
     /// Writers waiting for room in the cache (no delay then either).
     pub space_waiters: u32,
     pub failing_since: Option<Instant>,
+    /// The last upload failure no retry can fix, and when: syncs started
+    /// before it fail with it at once. Cleared by an upload that succeeds.
+    pub permanent_failure: Option<(Instant, String)>,
+    /// Waits for uploads begun: a new one ends the workers' pauses.
+    pub syncs_started: u64,
     pub stop: bool,
 }
 
