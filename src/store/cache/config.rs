@@ -33,7 +33,8 @@ pub struct CacheConfig {
     /// How long after a block is first dirtied it is uploaded.
     pub upload_delay: Duration,
     /// How long a read of an uncached block (or a `remote` fsync) keeps
-    /// retrying a failing backend before EIO.
+    /// retrying a backend that fails transiently before EIO (a permanent
+    /// failure is EIO at once).
     pub retry_timeout: Duration,
 }
 

@@ -29,6 +29,11 @@
 //! A snapshot of a block is copied to `tmp/` before it is uploaded; each
 //! modification bumps the block's generation *after* the bytes are written,
 //! so an upload that raced a write leaves the block dirty and it is sent again.
+//!
+//! Retries: the backend makes one attempt a call; the cache is the one
+//! layer that retries its requests (`backend::retry`): reads, the epoch and
+//! the listing for `retry_timeout`, uploads until they succeed; a permanent
+//! failure is not retried (see `uploader.rs` for what uploads do then).
 
 //! The code, a file a job:
 //!
@@ -233,8 +238,9 @@ impl CacheStore {
     }
 
     /// Uploads what it can (giving up once the backend has been failing for
-    /// `retry_timeout`: those blocks stay in the journal for the next
-    /// start), stops the workers and marks the cache cleanly shut down.
+    /// `retry_timeout`, or at once when it refuses an upload for good:
+    /// those blocks stay in the journal for the next start), stops the
+    /// workers and marks the cache cleanly shut down.
     pub fn close(&self) -> io::Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
