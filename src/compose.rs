@@ -13,9 +13,14 @@
 //! A definition's `[backend]` chooses the backend; `[cache]` the cache in
 //! front of it. The image description `onefs.json` lives beside the blocks:
 //! a file in a store directory, an object in a backend.
+//!
+//! Retries (see `backend::retry`): the cache gets the backend itself and
+//! retries its requests for `retry_timeout`; the description, `create`, the
+//! remote lock and `break-lock` get it wrapped in [`Retrying`] with the
+//! backend's attempts.
 
 use crate::backend::remote_lock::{LOCK_KEY, read_lock};
-use crate::backend::{DirObjects, ObjectBackend, RcloneBackend, RemoteLock, S3Backend};
+use crate::backend::{DirObjects, ObjectBackend, RcloneBackend, RemoteLock, Retry, Retrying, S3Backend};
 use crate::config::{BackendDef, RemoteDef};
 use crate::meta::{META_FILE, Meta};
 use crate::store::cache::{CacheConfig, CacheStore};
@@ -24,13 +29,24 @@ use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The backend a `[backend]` table describes.
+/// The backend a `[backend]` table describes, retrying each request with
+/// its attempts.
 pub fn open_backend(def: &BackendDef) -> anyhow::Result<Arc<dyn ObjectBackend>> {
-    Ok(match def {
-        BackendDef::Dir { path } => Arc::new(DirObjects::new(path).map_err(|e| anyhow::anyhow!("backend: {e}"))?),
-        BackendDef::S3(config) => Arc::new(S3Backend::new(config)?),
-        BackendDef::Rclone(config) => Arc::new(RcloneBackend::new(config)?),
-    })
+    Ok(open_retrying(def)?)
+}
+
+/// [`open_backend`], with the backend without retries at hand
+/// ([`Retrying::single_attempt`]) for the cache.
+fn open_retrying(def: &BackendDef) -> anyhow::Result<Arc<Retrying>> {
+    let (backend, retry): (Arc<dyn ObjectBackend>, Retry) = match def {
+        // A local directory: nothing that waiting would fix.
+        BackendDef::Dir { path } => {
+            (Arc::new(DirObjects::new(path).map_err(|e| anyhow::anyhow!("backend: {e}"))?), Retry::attempts(1))
+        }
+        BackendDef::S3(config) => (Arc::new(S3Backend::new(config)?), config.retry()),
+        BackendDef::Rclone(config) => (Arc::new(RcloneBackend::new(config)?), Retry::attempts(Retry::DEFAULT_ATTEMPTS)),
+    };
+    Ok(Arc::new(Retrying::new(backend, retry)))
 }
 
 /// Reads `onefs.json` from a backend.
@@ -46,7 +62,7 @@ pub fn load_meta(backend: &dyn ObjectBackend) -> anyhow::Result<Meta> {
 /// Where a mount's blocks are, before it is locked and opened.
 pub enum Backing {
     Dir { store: PathBuf },
-    Remote { backend: Arc<dyn ObjectBackend>, cache: CacheConfig },
+    Remote { backend: Arc<Retrying>, cache: CacheConfig },
 }
 
 impl Backing {
@@ -57,7 +73,7 @@ impl Backing {
             Some(remote) => {
                 let mut cache = remote.cache.clone();
                 cache.dir = store.to_path_buf();
-                Backing::Remote { backend: open_backend(&remote.backend)?, cache }
+                Backing::Remote { backend: open_retrying(&remote.backend)?, cache }
             }
         })
     }
@@ -91,7 +107,7 @@ impl Backing {
                 clear_own_dead_lock(&*backend)?;
                 let remote_lock = RemoteLock::acquire(backend.clone(), mountpoint)?;
                 let cache = Arc::new(
-                    CacheStore::open(backend, meta, &cache)
+                    CacheStore::open(backend.single_attempt().clone(), meta, &cache)
                         .map_err(|e| anyhow::anyhow!("cache for {described}: {e}"))?,
                 );
                 Ok(Stack { store: cache.clone(), dir: None, cache: Some(cache), remote_lock: Some(remote_lock) })

@@ -19,6 +19,12 @@ pub fn context(context: impl Display, err: io::Error) -> io::Error {
     io::Error::new(err.kind(), Context { context: context.to_string(), cause: err })
 }
 
+/// The error `err` wraps with [`context`], if it is such a wrapper: what
+/// callers that classify errors (permanent or not) look through.
+pub fn cause(err: &io::Error) -> Option<&io::Error> {
+    err.get_ref().and_then(|e| e.downcast_ref::<Context>()).map(|c| &c.cause)
+}
+
 /// `context: message`, without saying twice what both begin with: a
 /// message that already starts with the whole context is returned as it
 /// is, and a leading subject they share (`s3 … bucket b: `) is kept once.

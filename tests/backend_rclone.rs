@@ -9,9 +9,10 @@ mod common;
 
 use common::remote::{RcloneServe, empty_rclone_conf, rclone_config, scratch};
 use common::{pattern, wait_until};
-use onefs::backend::{ObjectBackend, RcloneBackend};
+use onefs::backend::{ObjectBackend, RcloneBackend, Retry, Retrying};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -53,17 +54,20 @@ fn a_local_remote_holds_plain_files_and_its_rcd_ends_with_the_backend() {
 fn a_killed_rcd_is_restarted_and_requests_carry_on() {
     let dir = scratch("rclone-restart");
     let c = rclone_config(&dir.path().join("remote").display().to_string(), &empty_rclone_conf(dir.path()));
-    let b = RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}"));
+    let rclone = Arc::new(RcloneBackend::new(&c).unwrap_or_else(|e| panic!("{e}")));
+    // The backend makes one attempt a request; its callers retry (the cache
+    // its own requests, everyone else through Retrying, as here).
+    let b = Retrying::new(rclone.clone(), Retry::attempts(Retry::DEFAULT_ATTEMPTS));
     b.put("d0000/blk-000001", b"before").unwrap();
     for round in 1..=2 {
-        let pid = b.rcd_pid().expect("running");
+        let pid = rclone.rcd_pid().expect("running");
         let t = Instant::now();
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-        // A request issued right away waits for the new rcd.
+        // A request issued right away is served once the new rcd listens.
         assert_eq!(b.get("d0000/blk-000001").unwrap().as_deref(), Some(&b"before"[..]));
         eprintln!("rclone: rcd killed, request served by its successor after {} ms", t.elapsed().as_millis());
-        assert_ne!(b.rcd_pid(), Some(pid));
-        assert_eq!(b.rcd_starts(), 1 + round);
+        assert_ne!(rclone.rcd_pid(), Some(pid));
+        assert_eq!(rclone.rcd_starts(), 1 + round);
         b.put(&format!("d0000/blk-00000{}", round + 1), b"after").unwrap();
     }
     assert_eq!(b.list("").unwrap().len(), 3);

@@ -7,8 +7,8 @@ mod common;
 
 use common::remote::Garage;
 use common::wait_until;
-use onefs::backend::s3::{Retry, S3Credentials};
-use onefs::backend::{ObjectBackend, S3Backend, block_key};
+use onefs::backend::s3::S3Credentials;
+use onefs::backend::{ObjectBackend, Retry, Retrying, S3Backend, block_key};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -44,6 +44,18 @@ fn bad_credentials_and_a_missing_bucket_are_one_clear_line() {
     assert!(err.contains("GET onefs.json: HTTP 403") && err.contains("check the credentials"), "{err}");
     assert!(!err.contains('\n'), "{err:?}");
 
+    // Refused credentials are not retried: a cache over them fails to open
+    // at once (EIO naming the cause), not after its 30 s retry_timeout.
+    let dir = common::remote::scratch("s3denied");
+    let cache = onefs::store::cache::CacheConfig::new(&dir.path().join("cache"));
+    let meta = onefs::meta::Meta::new(&onefs::core::Geometry::new(1 << 30, 4 << 20).unwrap());
+    let t = Instant::now();
+    let err = onefs::store::cache::CacheStore::open(std::sync::Arc::new(b), &meta, &cache).err().unwrap();
+    let text = err.to_string();
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: {text}", t.elapsed());
+    assert!(text.contains("GET onefs.epoch: HTTP 403") && !text.contains("gave up"), "{text}");
+    assert_eq!(onefs::errors::errno(&err), libc::EIO);
+
     config.bucket = "no-such-bucket".into();
     config.credentials_file = Some(garage.credentials_file());
     let err = S3Backend::new(&config).unwrap_err().to_string();
@@ -60,8 +72,9 @@ fn bad_credentials_and_a_missing_bucket_are_one_clear_line() {
 #[test]
 fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
     let mut garage = Garage::start();
-    let mut b = garage.backend("outage");
-    b.set_retry(Retry { attempts: 40, first: Duration::from_millis(100), max: Duration::from_millis(250) });
+    let s3: std::sync::Arc<dyn ObjectBackend> = std::sync::Arc::new(garage.backend("outage"));
+    let patient = Retry { first: Duration::from_millis(100), max: Duration::from_millis(250), ..Retry::attempts(40) };
+    let b = Retrying::new(s3.clone(), patient);
     b.put("d0000/blk-000001", b"before").unwrap();
 
     garage.stop();
@@ -78,7 +91,10 @@ fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
     assert_eq!(b.get("d0000/blk-000002").unwrap().as_deref(), Some(&b"during"[..]));
 
     garage.stop();
-    b.set_retry(Retry { attempts: 3, first: Duration::from_millis(20), max: Duration::from_millis(20) });
+    let b = Retrying::new(
+        s3,
+        Retry { first: Duration::from_millis(20), max: Duration::from_millis(20), ..Retry::attempts(3) },
+    );
     let err = b.get("d0000/blk-000001").unwrap_err();
     let text = err.to_string();
     assert!(
@@ -87,6 +103,7 @@ fn operations_ride_out_a_restart_and_fail_cleanly_when_it_stays_down() {
             && text.contains("gave up after 3 attempts"),
         "{text}"
     );
+    assert_eq!(text.matches("GET outage/d0000/blk-000001").count(), 1, "the request is named once: {text}");
     assert_eq!(onefs::errors::errno(&err), libc::EIO, "a backend that stays down is EIO");
 }
 

@@ -8,6 +8,7 @@
 //! unmounted NFS share), every operation fails instead of writing elsewhere.
 
 use super::ObjectBackend;
+use super::retry::permanent;
 use crate::errors::context;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -38,10 +39,10 @@ impl DirObjects {
             || key.starts_with('/')
             || key.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(TMP_PREFIX));
         if bad {
-            return Err(io::Error::new(
+            return Err(permanent(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{}: invalid object key {key:?}", self.root.display()),
-            ));
+            )));
         }
         Ok(self.root.join(key))
     }
@@ -49,12 +50,21 @@ impl DirObjects {
     /// Fails (ENOENT) when the root has gone, so a missing object is only
     /// reported as missing while the backend is really there.
     fn check_root(&self) -> io::Result<()> {
-        fs::metadata(&self.root).map(drop).map_err(|e| context(self.root.display(), e))
+        fs::metadata(&self.root).map(drop).map_err(|e| failure(&self.root, e))
     }
 
     fn sync_dir(dir: &Path) -> io::Result<()> {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| context(dir.display(), e))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| failure(dir, e))
     }
+}
+
+/// A local error as a backend failure naming `path`: a permission or
+/// read-only error needs an operator (permanent); others, such as a
+/// vanished NFS mount, may pass (transient).
+fn failure(path: &Path, e: io::Error) -> io::Error {
+    let needs_operator = matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem);
+    let e = context(path.display(), e);
+    if needs_operator { permanent(e) } else { e }
 }
 
 impl ObjectBackend for DirObjects {
@@ -67,7 +77,7 @@ impl ObjectBackend for DirObjects {
         match fs::read(&path) {
             Ok(data) => Ok(Some(data)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_root().map(|()| None),
-            Err(e) => Err(context(path.display(), e)),
+            Err(e) => Err(failure(&path, e)),
         }
     }
 
@@ -77,7 +87,7 @@ impl ObjectBackend for DirObjects {
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         if parent != self.root {
             // Only below the root, which must exist.
-            fs::create_dir_all(&parent).map_err(|e| context(parent.display(), e))?;
+            fs::create_dir_all(&parent).map_err(|e| failure(&parent, e))?;
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +101,7 @@ impl ObjectBackend for DirObjects {
             .and_then(|()| fs::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(context(path.display(), e));
+            return Err(failure(&path, e));
         }
         Self::sync_dir(&parent)
     }
@@ -101,7 +111,7 @@ impl ObjectBackend for DirObjects {
         match fs::remove_file(&path) {
             Ok(()) => Self::sync_dir(path.parent().unwrap_or(&self.root)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_root(),
-            Err(e) => Err(context(path.display(), e)),
+            Err(e) => Err(failure(&path, e)),
         }
     }
 
@@ -110,14 +120,14 @@ impl ObjectBackend for DirObjects {
         let mut keys = vec![];
         let mut stack = vec![(self.root.clone(), String::new())];
         while let Some((dir, rel)) = stack.pop() {
-            for entry in fs::read_dir(&dir).map_err(|e| context(dir.display(), e))? {
-                let entry = entry.map_err(|e| context(dir.display(), e))?;
+            for entry in fs::read_dir(&dir).map_err(|e| failure(&dir, e))? {
+                let entry = entry.map_err(|e| failure(&dir, e))?;
                 let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
                 if name.starts_with(TMP_PREFIX) {
                     continue;
                 }
                 let key = if rel.is_empty() { name } else { format!("{rel}/{}", name) };
-                let kind = entry.file_type().map_err(|e| context(entry.path().display(), e))?;
+                let kind = entry.file_type().map_err(|e| failure(&entry.path(), e))?;
                 if kind.is_dir() {
                     stack.push((entry.path(), key));
                 } else if kind.is_file() && key.starts_with(prefix) {

@@ -5,6 +5,8 @@
 //!
 //! Keys are `/`-separated relative names (`onefs.json`, `d0000/blk-000001`);
 //! a backend maps them under its own bucket, prefix or folder.
+//!
+//! A call makes one attempt; the caller retries ([`retry`] says who and how).
 
 pub mod dir;
 #[cfg(any(test, feature = "testing"))]
@@ -13,6 +15,7 @@ pub mod fault;
 pub mod memory;
 pub mod rclone;
 pub mod remote_lock;
+pub mod retry;
 pub mod s3;
 
 use std::io;
@@ -23,11 +26,15 @@ pub use dir::DirObjects;
 pub use memory::MemBackend;
 pub use rclone::{RcloneBackend, RcloneConfig};
 pub use remote_lock::RemoteLock;
+pub use retry::{Retry, Retrying};
 pub use s3::{S3Backend, S3Config};
 
-/// Whole objects by key. What the methods promise is checked for every
-/// backend by one function, `check_contract` in tests/backend_contract.rs:
-/// a new backend gets a test there.
+/// Whole objects by key. Each call makes exactly one attempt; a failure
+/// that no attempt can fix is marked with [`retry::permanent`], every other
+/// one is worth retrying. Errors name the backend, the operation and the key.
+/// What the methods promise is checked for every backend by one function,
+/// `check_contract` in tests/backend_contract.rs: a new backend gets a test
+/// there.
 pub trait ObjectBackend: Send + Sync {
     /// Where this backend points, for messages (`s3://bucket/prefix`).
     fn describe(&self) -> String;

@@ -24,15 +24,17 @@
 //! A supervisor thread starts `rclone rcd`, restarts it whenever it exits
 //! (with a growing pause if it keeps dying), and forwards its log lines to
 //! onefs's log; the rcd gets SIGTERM if onefs dies (`PR_SET_PDEATHSIG`).
-//! Requests retry transient failures (the rcd restarting, rclone errors)
-//! with backoff. `--ignore-times` is always set: blocks all have the same
+//! A call is one request; a failure is transient (the rcd restarting, rclone
+//! errors) unless rclone refused it for good (missing object, a bad remote
+//! or config): [`super::retry`], the caller retries. A request waits up to
+//! 30 s for a restarting rcd. `--ignore-times` is always set: blocks all have the same
 //! size, so rclone must never skip an upload because size and modification
 //! time happen to match.
 //!
 //! Create the backend after any daemonizing fork: it owns threads.
 
 use super::ObjectBackend;
-use super::s3::{Failure, Retry};
+use super::retry::{is_permanent, permanent};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -170,7 +172,6 @@ pub struct RcloneBackend {
     socket: PathBuf,
     auth: String,
     timeout: Duration,
-    retry: Retry,
     shared: Arc<Shared>,
     supervisor: Option<JoinHandle<()>>,
     temp_seq: AtomicU64,
@@ -263,7 +264,6 @@ impl RcloneBackend {
             socket,
             auth,
             timeout: Duration::from_secs(config.timeout.unwrap_or(DEFAULT_TIMEOUT).max(1)),
-            retry: Retry::new(6),
             shared,
             supervisor: Some(supervisor),
             temp_seq: AtomicU64::new(0),
@@ -292,10 +292,7 @@ impl RcloneBackend {
             }
         }
         // Creating the remote's Fs reads its config (and logs in).
-        if let Err(e) = backend.rc("operations/fsinfo", &json!({ "fs": backend.remote })) {
-            let e = match e {
-                Failure::Permanent(e) | Failure::Transient(e) => e,
-            };
+        if let Err(e) = backend.rc("operations/fsinfo", &json!({ "fs": backend.remote }), "operations/fsinfo") {
             backend.shutdown();
             anyhow::bail!("{e}");
         }
@@ -317,11 +314,6 @@ impl RcloneBackend {
         self.shared.state().starts
     }
 
-    /// Changes the retry policy.
-    pub fn set_retry(&mut self, retry: Retry) {
-        self.retry = retry;
-    }
-
     fn shutdown(&mut self) {
         let pid = {
             let mut state = self.shared.state();
@@ -340,7 +332,7 @@ impl RcloneBackend {
     }
 
     /// Waits for a listening rcd (it may be restarting).
-    fn wait_ready(&self) -> Result<(), Failure> {
+    fn wait_ready(&self) -> io::Result<()> {
         let deadline = Instant::now() + RESTART_WAIT;
         let mut state = self.shared.state();
         loop {
@@ -349,7 +341,7 @@ impl RcloneBackend {
             }
             if state.stopping || Instant::now() > deadline {
                 let why = self.shared.last_log();
-                return Err(Failure::Permanent(io::Error::other(format!(
+                return Err(permanent(io::Error::other(format!(
                     "rclone {}: rclone rcd is not running: {why}",
                     self.remote
                 ))));
@@ -359,10 +351,9 @@ impl RcloneBackend {
     }
 
     /// One HTTP/1.1 request over the socket: status and body.
-    fn http(&self, method: &str, path: &str, body: Option<&[u8]>, what: &str) -> Result<(u16, Vec<u8>), Failure> {
+    fn http(&self, method: &str, path: &str, body: Option<&[u8]>, what: &str) -> io::Result<(u16, Vec<u8>)> {
         self.wait_ready()?;
-        let transient =
-            |e: io::Error| Failure::Transient(io::Error::new(e.kind(), format!("rclone {}: {what}: {e}", self.remote)));
+        let transient = |e: io::Error| io::Error::new(e.kind(), format!("rclone {}: {what}: {e}", self.remote));
         let mut stream = UnixStream::connect(&self.socket).map_err(transient)?;
         stream.set_read_timeout(Some(self.timeout)).map_err(transient)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(transient)?;
@@ -378,10 +369,11 @@ impl RcloneBackend {
         read_response(&mut reader).map_err(transient)
     }
 
-    /// An rc call: its JSON answer, or rclone's error text.
-    fn rc(&self, method: &str, params: &Value) -> Result<Value, Failure> {
-        let body = serde_json::to_vec(params).map_err(|e| Failure::Permanent(io::Error::other(e)))?;
-        let (code, answer) = self.http("POST", &format!("/{method}"), Some(&body), method)?;
+    /// An rc call: its JSON answer, or rclone's error text (after `what`,
+    /// the request as messages name it: `PUT d0000/blk-000001`).
+    fn rc(&self, method: &str, params: &Value, what: &str) -> io::Result<Value> {
+        let body = serde_json::to_vec(params).map_err(|e| permanent(io::Error::other(e)))?;
+        let (code, answer) = self.http("POST", &format!("/{method}"), Some(&body), what)?;
         let json: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
         if code == 200 {
             return Ok(json);
@@ -391,17 +383,18 @@ impl RcloneBackend {
             .and_then(|e| e.as_str())
             .map(str::to_string)
             .unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_string());
-        let msg = format!("rclone {}: {method}: {}", self.remote, text.replace(['\n', '\r'], " "));
+        let msg = format!("rclone {}: {what}: {}", self.remote, text.replace(['\n', '\r'], " "));
         Err(match code {
-            404 => Failure::Permanent(io::Error::new(io::ErrorKind::NotFound, msg)),
-            400 | 401 | 403 => Failure::Permanent(io::Error::new(io::ErrorKind::InvalidInput, msg)),
-            _ if is_config_error(&text) => Failure::Permanent(io::Error::new(io::ErrorKind::InvalidInput, msg)),
-            _ => Failure::Transient(io::Error::other(msg)),
+            404 => permanent(io::Error::new(io::ErrorKind::NotFound, msg)),
+            400 | 401 | 403 => permanent(io::Error::new(io::ErrorKind::InvalidInput, msg)),
+            _ if is_config_error(&text) => permanent(io::Error::new(io::ErrorKind::InvalidInput, msg)),
+            _ => io::Error::other(msg),
         })
     }
 
-    fn run<T>(&self, what: &str, op: impl FnMut() -> Result<T, Failure>) -> io::Result<T> {
-        self.retry.run(&|| format!("rclone {}: {what}", self.remote), op)
+    /// rclone's answer that an object (or folder) is not there.
+    fn is_missing(err: &io::Error) -> bool {
+        err.kind() == io::ErrorKind::NotFound && is_permanent(err)
     }
 
     fn temp_file(&self) -> PathBuf {
@@ -535,6 +528,14 @@ fn supervise(mut cmd: Command, socket: PathBuf, remote: String, shared: Arc<Shar
             );
             {
                 let mut state = shared.state();
+                // Stopping began while it started: shutdown saw no rcd to
+                // stop, so this one must not be left running.
+                if state.stopping {
+                    drop(state);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
                 state.ready = Some(child.id());
                 state.ever_ready = true;
             }
@@ -613,28 +614,22 @@ impl ObjectBackend for RcloneBackend {
 
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         let path = url_path(&format!("/[{}]/{key}", self.remote));
-        self.run(&format!("GET {key}"), || {
-            let (code, body) = self.http("GET", &path, None, &format!("GET {key}"))?;
-            match code {
-                200 => Ok(Some(body)),
-                404 => Ok(None),
-                _ => {
-                    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let text = json
-                        .get("error")
-                        .and_then(|e| e.as_str())
-                        .map(str::to_string)
-                        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-                    let msg =
-                        format!("rclone {}: GET {key}: HTTP {code}: {}", self.remote, text.replace(['\n', '\r'], " "));
-                    Err(if code >= 500 {
-                        Failure::Transient(io::Error::other(msg))
-                    } else {
-                        Failure::Permanent(io::Error::other(msg))
-                    })
-                }
+        let (code, body) = self.http("GET", &path, None, &format!("GET {key}"))?;
+        match code {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            _ => {
+                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let text = json
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+                let msg =
+                    format!("rclone {}: GET {key}: HTTP {code}: {}", self.remote, text.replace(['\n', '\r'], " "));
+                Err(if code >= 500 { io::Error::other(msg) } else { permanent(io::Error::other(msg)) })
             }
-        })
+        }
     }
 
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
@@ -666,16 +661,16 @@ impl ObjectBackend for RcloneBackend {
             "dstFs": self.remote,
             "dstRemote": key,
         });
-        self.run(&format!("PUT {key}"), || self.rc("operations/copyfile", &params).map(drop))
+        self.rc("operations/copyfile", &params, &format!("PUT {key}")).map(drop)
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
         let params = json!({ "fs": self.remote, "remote": key });
-        self.run(&format!("DELETE {key}"), || match self.rc("operations/deletefile", &params) {
+        match self.rc("operations/deletefile", &params, &format!("DELETE {key}")) {
             Ok(_) => Ok(()),
-            Err(Failure::Permanent(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if Self::is_missing(&e) => Ok(()),
             Err(e) => Err(e),
-        })
+        }
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
@@ -689,12 +684,11 @@ impl ObjectBackend for RcloneBackend {
             "remote": dir,
             "opt": { "recurse": true, "filesOnly": true, "noModTime": true, "noMimeType": true },
         });
-        let answer = self.run(&format!("LIST {prefix}"), || match self.rc("operations/list", &params) {
-            Ok(v) => Ok(Some(v)),
-            Err(Failure::Permanent(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        })?;
-        let Some(answer) = answer else { return Ok(vec![]) };
+        let answer = match self.rc("operations/list", &params, &format!("LIST {prefix}")) {
+            Ok(answer) => answer,
+            Err(e) if Self::is_missing(&e) => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
         let items = answer.get("list").and_then(|l| l.as_array()).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -21,12 +21,14 @@
 //! `AWS_SESSION_TOKEN`).
 //!
 //! Requests are presigned by rusty-s3 and sent by a synchronous ureq agent,
-//! which suits fuser's synchronous worker threads. Transient failures
-//! (connection errors, timeouts, 5xx, 429) are retried with exponential
-//! backoff; 4xx answers are not. No conditional requests are used (Garage
-//! ignores `If-None-Match`).
+//! which suits fuser's synchronous worker threads. Each call makes one
+//! attempt (a listing: one request per page); connection errors, timeouts,
+//! 5xx, 408 and 429 are transient, other 4xx answers permanent
+//! ([`super::retry`]: the caller retries). No conditional requests are used
+//! (Garage ignores `If-None-Match`).
 
 use super::ObjectBackend;
+use super::retry::{Retry, permanent};
 use rusty_s3::actions::S3Action;
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 use serde::Deserialize;
@@ -57,12 +59,21 @@ pub struct S3Config {
     /// A systemd credential name: `$CREDENTIALS_DIRECTORY/NAME`, same format.
     #[serde(default)]
     pub credential: Option<String>,
-    /// Seconds before one request gives up (default 60); it is then retried.
+    /// Seconds before one request gives up (default 120); it is then retried.
     #[serde(default)]
     pub timeout: Option<u64>,
-    /// Attempts per operation on transient errors (default 6: about 6 s of backoff in all).
+    /// Attempts per request on transient errors, for requests outside the
+    /// cache (default 6: about 6 s of backoff in all); the cache retries its
+    /// own for its `retry_timeout`.
     #[serde(default)]
     pub attempts: Option<u32>,
+}
+
+impl S3Config {
+    /// How requests outside the cache are retried (`attempts`).
+    pub fn retry(&self) -> Retry {
+        Retry::attempts(self.attempts.unwrap_or(Retry::DEFAULT_ATTEMPTS))
+    }
 }
 
 fn default_region() -> String {
@@ -70,66 +81,10 @@ fn default_region() -> String {
 }
 
 const DEFAULT_TIMEOUT: u64 = 120;
-const DEFAULT_ATTEMPTS: u32 = 6;
 /// How long a presigned URL is valid: it is used at once.
 const SIGN_FOR: Duration = Duration::from_secs(15 * 60);
 /// The largest object `get` accepts (blocks are at most 1 GiB).
 const MAX_OBJECT: u64 = 1 << 31;
-
-/// Retries of transient failures: `attempts` in all, waiting `first`,
-/// then twice as long each time, up to `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    pub attempts: u32,
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl Retry {
-    pub fn new(attempts: u32) -> Self {
-        Retry { attempts: attempts.max(1), first: Duration::from_millis(200), max: Duration::from_secs(5) }
-    }
-
-    /// The wait before attempt `n + 1` (n counts from 1), with a little jitter
-    /// so parallel workers do not retry in lockstep.
-    pub fn delay(&self, n: u32) -> Duration {
-        let base = self.first.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(self.max);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        base + base / 4 * (nanos % 1000) / 1000
-    }
-
-    /// Runs `op` until it succeeds, fails for good, or attempts run out.
-    pub fn run<T>(&self, what: &dyn Fn() -> String, mut op: impl FnMut() -> Result<T, Failure>) -> io::Result<T> {
-        let mut n = 1;
-        loop {
-            match op() {
-                Ok(v) => return Ok(v),
-                Err(Failure::Permanent(e)) => return Err(e),
-                Err(Failure::Transient(e)) if n >= self.attempts => {
-                    return Err(io::Error::new(e.kind(), format!("{e} (gave up after {n} attempts)")));
-                }
-                Err(Failure::Transient(e)) => {
-                    let wait = self.delay(n);
-                    log::warn!(
-                        "{}; retrying in {} ms",
-                        crate::errors::in_context(&what(), &e.to_string()),
-                        wait.as_millis()
-                    );
-                    std::thread::sleep(wait);
-                    n += 1;
-                }
-            }
-        }
-    }
-}
-
-/// One failed attempt: worth retrying or not.
-#[derive(Debug)]
-pub enum Failure {
-    Transient(io::Error),
-    Permanent(io::Error),
-}
 
 /// An S3 bucket (under a prefix) as an [`ObjectBackend`].
 pub struct S3Backend {
@@ -138,7 +93,6 @@ pub struct S3Backend {
     /// Always empty or ending in `/`.
     prefix: String,
     agent: ureq::Agent,
-    retry: Retry,
     page_size: usize,
     /// `s3 ENDPOINT bucket BUCKET` for messages.
     name: String,
@@ -253,12 +207,12 @@ impl S3Credentials {
 
 impl S3Backend {
     /// Resolves the credentials, then checks that the bucket answers
-    /// (HEAD, with retries): a missing bucket or refused credentials is one
-    /// error line naming the endpoint and bucket.
+    /// (HEAD, retried by `config.retry()`): a missing bucket or refused
+    /// credentials is one error line naming the endpoint and bucket.
     pub fn new(config: &S3Config) -> anyhow::Result<Self> {
         let credentials = S3Credentials::resolve(config)?;
         let backend = Self::with_credentials(config, credentials)?;
-        backend.check()?;
+        config.retry().run(|| backend.check())?;
         Ok(backend)
     }
 
@@ -288,20 +242,7 @@ impl S3Backend {
             .user_agent(concat!("onefs/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Ok(S3Backend {
-            bucket,
-            credentials,
-            prefix,
-            agent,
-            retry: Retry::new(config.attempts.unwrap_or(DEFAULT_ATTEMPTS)),
-            page_size: 1000,
-            name,
-        })
-    }
-
-    /// Changes the retry policy (tests shorten it).
-    pub fn set_retry(&mut self, retry: Retry) {
-        self.retry = retry;
+        Ok(S3Backend { bucket, credentials, prefix, agent, page_size: 1000, name })
     }
 
     /// Keys per ListObjectsV2 page (1..=1000; tests use small pages).
@@ -311,44 +252,44 @@ impl S3Backend {
 
     /// HEAD of the bucket: is it there, and do the credentials open it?
     pub fn check(&self) -> io::Result<()> {
-        let what = || format!("{}: checking the bucket", self.name);
-        self.retry.run(&what, || {
-            let url = self.bucket.head_bucket(Some(&self.credentials)).sign(SIGN_FOR);
-            let resp = self.agent.head(url.as_str()).call().map_err(|e| self.transport(e, "HEAD bucket"))?;
-            match resp.status().as_u16() {
-                200..=299 => Ok(()),
-                404 => Err(Failure::Permanent(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{}: the bucket does not exist", self.name),
-                ))),
-                403 | 401 => Err(Failure::Permanent(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{}: access denied (check the credentials and the bucket's permissions)", self.name),
-                ))),
-                code => Err(self.status_failure(code, "HEAD bucket", String::new())),
-            }
-        })
+        let url = self.bucket.head_bucket(Some(&self.credentials)).sign(SIGN_FOR);
+        let resp = self.agent.head(url.as_str()).call().map_err(|e| self.transport(e, "HEAD bucket"))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            404 => Err(permanent(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: the bucket does not exist", self.name),
+            ))),
+            403 | 401 => Err(permanent(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{}: access denied (check the credentials and the bucket's permissions)", self.name),
+            ))),
+            code => Err(self.status_failure(code, "HEAD bucket", String::new())),
+        }
     }
 
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn transport(&self, e: ureq::Error, what: &str) -> Failure {
+    /// A request that got no answer: transient, unless ureq refused it
+    /// (a bad URL, TLS configuration, ...).
+    fn transport(&self, e: ureq::Error, what: &str) -> io::Error {
         let msg = format!("{}: {what}: {e}", self.name);
         match e {
-            ureq::Error::Timeout(_) => Failure::Transient(io::Error::new(io::ErrorKind::TimedOut, msg)),
-            ureq::Error::Io(ref io) => Failure::Transient(io::Error::new(io.kind(), msg)),
+            ureq::Error::Timeout(_) => io::Error::new(io::ErrorKind::TimedOut, msg),
+            ureq::Error::Io(ref io) => io::Error::new(io.kind(), msg),
             ureq::Error::ConnectionFailed
             | ureq::Error::HostNotFound
             | ureq::Error::Protocol(_)
-            | ureq::Error::BodyStalled => Failure::Transient(io::Error::other(msg)),
-            _ => Failure::Permanent(io::Error::other(msg)),
+            | ureq::Error::BodyStalled => io::Error::other(msg),
+            _ => permanent(io::Error::other(msg)),
         }
     }
 
-    /// An error answer: `<Code>` and `<Message>` from the XML body if any.
-    fn status_failure(&self, code: u16, what: &str, body: String) -> Failure {
+    /// An error answer: `<Code>` and `<Message>` from the XML body if any;
+    /// transient for 5xx, 408 and 429, permanent otherwise.
+    fn status_failure(&self, code: u16, what: &str, body: String) -> io::Error {
         let tag = |t: &str| {
             let open = format!("<{t}>");
             let start = body.find(&open)? + open.len();
@@ -372,7 +313,7 @@ impl S3Backend {
             _ => io::ErrorKind::Other,
         };
         let err = io::Error::new(kind, msg);
-        if code >= 500 || code == 429 || code == 408 { Failure::Transient(err) } else { Failure::Permanent(err) }
+        if code >= 500 || code == 429 || code == 408 { err } else { permanent(err) }
     }
 
     fn error_body(resp: &mut ureq::http::Response<ureq::Body>) -> String {
@@ -383,24 +324,53 @@ impl S3Backend {
         use md5::Digest;
         let full = self.full_key(key);
         let md5 = base64(&md5::Md5::digest(data));
-        let what = || format!("{}: PUT {full}", self.name);
-        self.retry.run(&what, || {
-            let mut action = self.bucket.put_object(Some(&self.credentials), &full);
-            action.headers_mut().insert("content-md5", md5.clone());
-            let url = action.sign(SIGN_FOR);
-            let mut resp = self
-                .agent
-                .put(url.as_str())
-                .header("content-md5", &md5)
-                .send(data)
-                .map_err(|e| self.transport(e, &format!("PUT {full}")))?;
-            match resp.status().as_u16() {
-                200..=299 => Ok(()),
-                code => {
-                    let body = Self::error_body(&mut resp);
-                    Err(self.status_failure(code, &format!("PUT {full}"), body))
-                }
+        let mut action = self.bucket.put_object(Some(&self.credentials), &full);
+        action.headers_mut().insert("content-md5", md5.clone());
+        let url = action.sign(SIGN_FOR);
+        let mut resp = self
+            .agent
+            .put(url.as_str())
+            .header("content-md5", &md5)
+            .send(data)
+            .map_err(|e| self.transport(e, &format!("PUT {full}")))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            code => {
+                let body = Self::error_body(&mut resp);
+                Err(self.status_failure(code, &format!("PUT {full}"), body))
             }
+        }
+    }
+
+    /// One page of a listing of `full`, after `token`.
+    fn list_page(
+        &self,
+        full: &str,
+        token: Option<&str>,
+    ) -> io::Result<rusty_s3::actions::list_objects_v2::ListObjectsV2Response> {
+        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        action.with_prefix(full);
+        action.with_max_keys(self.page_size);
+        if let Some(t) = token {
+            action.with_continuation_token(t);
+        }
+        let url = action.sign(SIGN_FOR);
+        let mut resp = self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("LIST {full}")))?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| self.transport(e, &format!("LIST {full}: reading the body")))?;
+        if !(200..=299).contains(&code) {
+            return Err(self.status_failure(code, &format!("LIST {full}"), body));
+        }
+        rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|e| {
+            permanent(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: LIST {full}: unreadable answer: {e}", self.name),
+            ))
         })
     }
 }
@@ -430,43 +400,39 @@ impl ObjectBackend for S3Backend {
 
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         let full = self.full_key(key);
-        let what = || format!("{}: GET {full}", self.name);
-        self.retry.run(&what, || {
-            let url = self.bucket.get_object(Some(&self.credentials), &full).sign(SIGN_FOR);
-            let mut resp =
-                self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("GET {full}")))?;
-            match resp.status().as_u16() {
-                200..=299 => {
-                    let expected = resp
-                        .headers()
-                        .get("content-length")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let data = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_OBJECT)
-                        .read_to_vec()
-                        .map_err(|e| self.transport(e, &format!("GET {full}: reading the body")))?;
-                    if let Some(len) = expected
-                        && len != data.len() as u64
-                    {
-                        return Err(Failure::Transient(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("{}: GET {full}: got {} of {len} bytes", self.name, data.len()),
-                        )));
-                    }
-                    Ok(Some(data))
+        let url = self.bucket.get_object(Some(&self.credentials), &full).sign(SIGN_FOR);
+        let mut resp = self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("GET {full}")))?;
+        match resp.status().as_u16() {
+            200..=299 => {
+                let expected = resp
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let data = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_OBJECT)
+                    .read_to_vec()
+                    .map_err(|e| self.transport(e, &format!("GET {full}: reading the body")))?;
+                if let Some(len) = expected
+                    && len != data.len() as u64
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{}: GET {full}: got {} of {len} bytes", self.name, data.len()),
+                    ));
                 }
-                code => {
-                    let body = Self::error_body(&mut resp);
-                    if code == 404 && !body.contains("NoSuchBucket") {
-                        return Ok(None);
-                    }
-                    Err(self.status_failure(code, &format!("GET {full}"), body))
-                }
+                Ok(Some(data))
             }
-        })
+            code => {
+                let body = Self::error_body(&mut resp);
+                if code == 404 && !body.contains("NoSuchBucket") {
+                    return Ok(None);
+                }
+                Err(self.status_failure(code, &format!("GET {full}"), body))
+            }
+        }
     }
 
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
@@ -481,22 +447,19 @@ impl ObjectBackend for S3Backend {
 
     fn delete(&self, key: &str) -> io::Result<()> {
         let full = self.full_key(key);
-        let what = || format!("{}: DELETE {full}", self.name);
-        self.retry.run(&what, || {
-            let url = self.bucket.delete_object(Some(&self.credentials), &full).sign(SIGN_FOR);
-            let mut resp =
-                self.agent.delete(url.as_str()).call().map_err(|e| self.transport(e, &format!("DELETE {full}")))?;
-            match resp.status().as_u16() {
-                200..=299 => Ok(()),
-                code => {
-                    let body = Self::error_body(&mut resp);
-                    if code == 404 && !body.contains("NoSuchBucket") {
-                        return Ok(());
-                    }
-                    Err(self.status_failure(code, &format!("DELETE {full}"), body))
+        let url = self.bucket.delete_object(Some(&self.credentials), &full).sign(SIGN_FOR);
+        let mut resp =
+            self.agent.delete(url.as_str()).call().map_err(|e| self.transport(e, &format!("DELETE {full}")))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            code => {
+                let body = Self::error_body(&mut resp);
+                if code == 404 && !body.contains("NoSuchBucket") {
+                    return Ok(());
                 }
+                Err(self.status_failure(code, &format!("DELETE {full}"), body))
             }
-        })
+        }
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
@@ -504,34 +467,7 @@ impl ObjectBackend for S3Backend {
         let mut keys = vec![];
         let mut token: Option<String> = None;
         loop {
-            let what = || format!("{}: LIST {full}", self.name);
-            let page = self.retry.run(&what, || {
-                let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
-                action.with_prefix(full.as_str());
-                action.with_max_keys(self.page_size);
-                if let Some(t) = &token {
-                    action.with_continuation_token(t.as_str());
-                }
-                let url = action.sign(SIGN_FOR);
-                let mut resp =
-                    self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("LIST {full}")))?;
-                let code = resp.status().as_u16();
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(64 << 20)
-                    .read_to_string()
-                    .map_err(|e| self.transport(e, &format!("LIST {full}: reading the body")))?;
-                if !(200..=299).contains(&code) {
-                    return Err(self.status_failure(code, &format!("LIST {full}"), body));
-                }
-                rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|e| {
-                    Failure::Permanent(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: LIST {full}: unreadable answer: {e}", self.name),
-                    ))
-                })
-            })?;
+            let page = self.list_page(&full, token.as_deref())?;
             for object in page.contents {
                 match object.key.strip_prefix(&self.prefix) {
                     Some(k) => keys.push(k.to_string()),
@@ -611,33 +547,29 @@ mod tests {
     }
 
     #[test]
-    fn retry_delays_double_up_to_the_cap() {
-        let r = Retry::new(6);
-        let d: Vec<u128> = (1..=6).map(|n| r.delay(n).as_millis()).collect();
-        assert!(d[0] >= 200 && d[0] < 260 && d[1] >= 400 && d[4] >= 3200 && d[5] >= 5000 && d[5] < 6300, "{d:?}");
-    }
-
-    #[test]
-    fn retries_transient_failures_only() {
-        let r = Retry { attempts: 3, first: Duration::from_millis(1), max: Duration::from_millis(1) };
-        let mut calls = 0;
-        let out: io::Result<()> = r.run(&|| "t".into(), || {
-            calls += 1;
-            Err(Failure::Transient(io::Error::other("down")))
-        });
-        assert_eq!(calls, 3);
-        assert!(out.unwrap_err().to_string().contains("gave up after 3 attempts"));
-        let mut calls = 0;
-        let out: io::Result<()> = r.run(&|| "t".into(), || {
-            calls += 1;
-            Err(Failure::Permanent(io::Error::other("denied")))
-        });
-        assert_eq!((calls, out.unwrap_err().to_string()), (1, "denied".to_string()));
-        let mut calls = 0;
-        let out = r.run(&|| "t".into(), || {
-            calls += 1;
-            if calls < 2 { Err(Failure::Transient(io::Error::other("blip"))) } else { Ok(7) }
-        });
-        assert_eq!(out.unwrap(), 7);
+    fn failures_are_transient_or_permanent_and_name_the_request_once() {
+        use crate::backend::retry::is_permanent;
+        // A port nothing listens on: connections are refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config: S3Config =
+            toml::from_str(&format!("endpoint = \"http://127.0.0.1:{port}\"\nbucket = \"b\"\n")).unwrap();
+        let keys = S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into(), session_token: None };
+        let b = S3Backend::with_credentials(&config, keys).unwrap();
+        let name = format!("s3 http://127.0.0.1:{port} bucket b");
+        let body = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>".to_string();
+        let denied = b.status_failure(403, "PUT d0000/blk-000001", body);
+        assert!(is_permanent(&denied));
+        assert_eq!(
+            denied.to_string(),
+            format!("{name}: PUT d0000/blk-000001: HTTP 403 AccessDenied: Access Denied (check the credentials)")
+        );
+        let gone = b.status_failure(404, "GET k", "<Code>NoSuchBucket</Code>".into());
+        assert!(is_permanent(&gone) && gone.to_string().ends_with("(the bucket does not exist)"), "{gone}");
+        for code in [500, 503, 429, 408] {
+            assert!(!is_permanent(&b.status_failure(code, "GET k", String::new())), "{code}");
+        }
+        let refused = b.get("k").unwrap_err();
+        assert!(!is_permanent(&refused), "{refused}");
+        assert_eq!(refused.to_string().matches(&format!("{name}: GET k")).count(), 1, "{refused}");
     }
 }

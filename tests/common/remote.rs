@@ -17,7 +17,7 @@
 //!   a stand-in for a cloud drive (an HTTP remote, so `--tpslimit` acts).
 
 use super::poll_until;
-use onefs::backend::s3::{Retry, S3Credentials};
+use onefs::backend::s3::S3Credentials;
 use onefs::backend::{RcloneConfig, S3Backend, S3Config};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -158,7 +158,8 @@ impl Garage {
         }
         self.child = Some(child);
         // The default bucket and key appear just after the port opens.
-        let backend = self.backend_with(Retry { attempts: 1, first: Duration::ZERO, max: Duration::ZERO });
+        // One request per check (the backend does not retry).
+        let backend = S3Backend::with_credentials(&self.s3_config(""), self.credentials()).expect("s3 backend");
         if !poll_until(Duration::from_secs(20), || backend.check().is_ok()) {
             let err = backend.check().err().map(|e| e.to_string()).unwrap_or_default();
             self.stop();
@@ -220,12 +221,6 @@ impl Garage {
         .expect("write credentials");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod credentials");
         path
-    }
-
-    fn backend_with(&self, retry: Retry) -> S3Backend {
-        let mut b = S3Backend::with_credentials(&self.s3_config(""), self.credentials()).expect("s3 backend");
-        b.set_retry(retry);
-        b
     }
 
     /// A backend on the bucket under `prefix`, checked.

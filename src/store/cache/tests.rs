@@ -1,27 +1,45 @@
 use super::*;
 use crate::backend::MemBackend;
+use crate::backend::retry::permanent;
+use crate::core::is_zero;
 use crate::image::Image;
+use crate::meta::Meta;
 use proptest::prelude::*;
 use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
 
 const BS: u64 = 4096;
 
-/// A backend for tests: can be switched down, slowed down, and counts puts.
+/// A backend for tests: can be switched down, made to refuse everything
+/// for good or to fail a few requests, slowed down; counts gets and puts.
 #[derive(Default)]
 struct TestBackend {
     mem: MemBackend,
     down: AtomicBool,
+    /// Every request fails permanently (as S3 answers 403).
+    refuse: AtomicBool,
+    /// The next this many requests fail transiently (connection refused).
+    blips: AtomicUsize,
     delay_ms: AtomicU64,
     list_delay_ms: AtomicU64,
+    gets: AtomicUsize,
     puts: AtomicUsize,
     deletes: AtomicUsize,
 }
 
 impl TestBackend {
-    fn check(&self) -> io::Result<()> {
+    fn check(&self, request: &str, key: &str) -> io::Result<()> {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
+        }
+        if self.refuse.load(Ordering::Relaxed) {
+            let denied = format!("test: {request} {key}: HTTP 403 AccessDenied");
+            return Err(permanent(io::Error::new(io::ErrorKind::PermissionDenied, denied)));
+        }
+        if self.blips.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            let refused = format!("test: {request} {key}: connection refused");
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, refused));
         }
         if self.down.load(Ordering::Relaxed) { Err(io::Error::other("backend down (test)")) } else { Ok(()) }
     }
@@ -38,21 +56,22 @@ impl ObjectBackend for TestBackend {
         "test".into()
     }
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        self.check()?;
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.check("GET", key)?;
         self.mem.get(key)
     }
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
-        self.check()?;
+        self.check("PUT", key)?;
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.mem.put(key, data)
     }
     fn delete(&self, key: &str) -> io::Result<()> {
-        self.check()?;
+        self.check("DELETE", key)?;
         self.deletes.fetch_add(1, Ordering::Relaxed);
         self.mem.delete(key)
     }
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        self.check()?;
+        self.check("LIST", prefix)?;
         let listed = self.mem.list(prefix);
         std::thread::sleep(Duration::from_millis(self.list_delay_ms.load(Ordering::Relaxed)));
         listed
@@ -91,6 +110,18 @@ impl Setup {
     }
     fn geometry(&self) -> Geometry {
         self.meta.geometry().unwrap()
+    }
+    /// Writes `data` at `offset` through a cache that is then removed: the
+    /// data is only in the backend.
+    fn only_in_backend(&self, config: &CacheConfig, offset: u64, data: &[u8]) {
+        let (store, img) = self.open(config);
+        img.write(offset, data).unwrap();
+        store.close().unwrap();
+        drop((img, store));
+        std::fs::remove_dir_all(&config.dir).unwrap();
+    }
+    fn gets(&self) -> usize {
+        self.backend.gets.load(Ordering::Relaxed)
     }
 }
 
@@ -504,4 +535,57 @@ fn links_and_special_files_in_the_cache_directory_are_never_followed() {
     assert!(err.contains("tmp: is a symbolic link, not a directory"), "{err}");
     assert_eq!(std::fs::read(&secret).unwrap(), b"keep");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing was written outside");
+}
+
+#[test]
+fn a_permanent_failure_is_not_retried_and_is_eio_at_once() {
+    let t = Setup::new(4);
+    let mut config = t.config(Durability::Remote, 4, 0);
+    config.retry_timeout = Duration::from_secs(30);
+    t.only_in_backend(&config, 0, b"remote");
+    let (store, img) = t.open(&config);
+    t.backend.refuse.store(true, Ordering::Relaxed);
+    let (gets, started) = (t.gets(), Instant::now());
+    let err = img.read(0, &mut [0u8; 6]).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(t.gets() - gets, 1, "one attempt: {err}");
+    assert_eq!(crate::errors::errno(&err), libc::EIO);
+    let text = err.to_string();
+    assert_eq!(text, "test: GET d0000/blk-00001: HTTP 403 AccessDenied", "the cause, named once");
+
+    // An upload refused for good: a remote sync fails at once, the block stays.
+    img.write(BS, b"kept").unwrap();
+    let started = Instant::now();
+    let err = img.sync().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(crate::errors::errno(&err), libc::EIO);
+    let text = err.to_string();
+    assert!(text.starts_with("test: PUT d0000/blk-00002: HTTP 403 AccessDenied; 1 blocks not uploaded yet"), "{text}");
+    assert_eq!(text.matches("test: PUT").count(), 1, "{text}");
+    assert_eq!(store.stats().dirty_blocks, 1);
+    // Allowed again: the next sync wakes the paused workers and succeeds.
+    t.backend.refuse.store(false, Ordering::Relaxed);
+    let started = Instant::now();
+    img.sync().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let mut want = vec![0u8; BS as usize];
+    want[..4].copy_from_slice(b"kept");
+    assert_eq!(t.backend.block(1, &t.geometry()), Some(object(&want)));
+    store.close().unwrap();
+}
+
+#[test]
+fn a_transient_failure_is_retried_until_it_succeeds() {
+    let t = Setup::new(4);
+    let config = t.config(Durability::Remote, 4, 0);
+    t.only_in_backend(&config, 0, b"remote");
+    let (store, img) = t.open(&config);
+    t.backend.blips.store(2, Ordering::Relaxed);
+    let gets = t.gets();
+    let mut buf = [0u8; 6];
+    img.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"remote");
+    assert_eq!(t.gets() - gets, 3, "two refused, the third answered");
+    assert_eq!(store.stats().backend_errors, 2);
+    store.close().unwrap();
 }
