@@ -202,9 +202,26 @@ impl OnefsMount {
     }
 
     /// Unmounts and waits for the daemon to finish.
+    /// Unmounts and waits for the daemon to finish. A mount that is busy
+    /// for a moment (a descriptor of disk.img still being released by the
+    /// kernel, another test's `blkid` or `udev` probe) is tried again for a
+    /// few seconds; one that stays busy fails the test.
     pub fn unmount(self) {
-        let status = Command::new("umount").arg(&self.mountpoint).status().expect("umount");
-        assert!(status.success(), "umount {} failed", self.mountpoint.display());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = Command::new("umount").arg(&self.mountpoint).output().expect("umount");
+            if out.status.success() {
+                break;
+            }
+            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+            assert!(
+                busy && Instant::now() < deadline,
+                "umount {} failed: {}",
+                self.mountpoint.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         wait_store_released(&self.store);
         std::mem::forget(self);
     }
