@@ -209,7 +209,11 @@ impl ConfinedDir {
         }
         // Regular files ignore O_NONBLOCK today; clear it so that no
         // filesystem ever answers a read with EAGAIN.
-        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+        // Only O_NONBLOCK goes: O_NOATIME (and anything else asked for) stays.
+        let status = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| crate::errors::context(path().display(), e.into()))?;
+        let status = nix::fcntl::OFlag::from_bits_truncate(status) - nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(status))
             .map_err(|e| crate::errors::context(path().display(), e.into()))?;
         Ok(file)
     }
@@ -360,6 +364,17 @@ mod tests {
         d.open_file("f", Access::Create(0o600)).unwrap().write_all(b"x").unwrap();
         assert_eq!(std::fs::read(base.path().join("b/f")).unwrap(), b"x");
         assert!(!first.join("f").exists(), "nothing lands at the old path");
+    }
+
+    #[test]
+    fn extra_flags_stay_and_only_o_nonblock_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let d = ConfinedDir::open(dir.path()).unwrap();
+        let file = d.open_file_with("f", Access::ReadWrite, libc::O_NOATIME).unwrap();
+        let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "O_NONBLOCK is cleared");
+        assert_ne!(flags & libc::O_NOATIME, 0, "O_NOATIME is kept");
     }
 
     #[test]
