@@ -6,7 +6,8 @@
 //!    (pure geometry, block map, zero detection, CRC-32C), [`confined`]
 //!    (an untrusted directory, opened beneath its descriptor), [`probe`]
 //!    (questions to a path's filesystem with a time limit), [`paths`],
-//!    [`mountinfo`], [`logging`];
+//!    [`mountinfo`], [`logging`], [`kill_point`] (the crash tests' kill -9
+//!    at a chosen step);
 //! 1. [`backend`]: `ObjectBackend` (whole objects by key: dir, S3, rclone,
 //!    the remote lock) and [`meta`] (`onefs.json`);
 //! 2. [`store`]: the `BlockStore` trait, the directory store and the cache
@@ -34,6 +35,7 @@ pub mod errors;
 pub mod fsck;
 pub mod fuse;
 pub mod image;
+pub mod kill_point;
 pub mod logging;
 pub mod meta;
 pub mod mount;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom to top, as in `src/lib.rs`.
 const LAYERS: &[&[&str]] = &[
-    &["errors", "sync", "core", "confined", "probe", "paths", "mountinfo", "logging"],
+    &["errors", "sync", "core", "confined", "probe", "paths", "mountinfo", "logging", "kill_point"],
     &["backend", "meta"],
     &["store"],
     &["image", "options"],
