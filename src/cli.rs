@@ -54,6 +54,33 @@ pub enum Commands {
         #[arg(required_unless_present_any = ["definition", "config"])]
         store: Option<PathBuf>,
     },
+    /// Make disk.img larger, while mounted or not; the block size never changes
+    ///
+    /// Unmounted, the image description (onefs.json) is rewritten atomically,
+    /// under the store's lock (and a remote store's lock). Mounted, the onefs
+    /// serving it grows it in use, through its control socket: stat shows the
+    /// new size at once, `losetup -c /dev/loopN` shows it to a loop device,
+    /// and resize2fs or `btrfs filesystem resize max` grows the filesystem.
+    /// A smaller size is refused: onefs never shrinks an image.
+    Grow {
+        /// The new size of disk.img: larger than now, a multiple of the block
+        /// size, at most 2^32 blocks (binary suffix K, M, G, T, P)
+        #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+        size: String,
+        /// Grow the image of definition CONFIG_DIR/NAME.toml (in its store
+        /// directory or its [backend])
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["store", "config"])]
+        definition: Option<String>,
+        /// Like --definition, with this definition file
+        #[arg(long, value_name = "FILE", conflicts_with = "store")]
+        config: Option<PathBuf>,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// The store directory
+        #[arg(required_unless_present_any = ["definition", "config"])]
+        store: Option<PathBuf>,
+    },
     /// Mount a store's disk.img at MOUNTPOINT; returns once the mount is live
     Mount {
         /// Stay attached and serve in the foreground (for debugging and services)
@@ -280,6 +307,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 meta.block_count,
                 Size(meta.block_size)
             );
+            Ok(())
+        }
+        Commands::Grow { size, definition, config: file, config_dir, store } => {
+            let size = crate::grow::parse_size_arg(&size)?;
+            let def = config::Definition::chosen(definition.as_deref(), file.as_deref(), &config_dir)?;
+            let target = match (&def, &store) {
+                (Some(def), _) => crate::grow::Target::Definition(def),
+                (None, Some(store)) => crate::grow::Target::Store(store),
+                (None, None) => bail!("give a STORE directory, --definition NAME or --config FILE"),
+            };
+            print!("{}", crate::grow::render(&crate::grow::grow(target, size)?));
             Ok(())
         }
         Commands::Run { .. }

@@ -21,7 +21,8 @@
 //! 6. [`create`] (the one way to make an image) and [`mount`] (the life of a
 //!    mount, and detaching from `onefs mount`);
 //! 7. the commands: [`fsck`], [`status`], [`service`] (`run`, `daemon`,
-//!    reload, sd_notify) and [`mount_helper`] (`mount.fuse.onefs`);
+//!    reload, sd_notify), [`mount_helper`] (`mount.fuse.onefs`) and
+//!    [`grow`] (`onefs grow`, offline or through the running onefs);
 //! 8. [`cli`].
 
 pub mod backend;
@@ -34,6 +35,7 @@ pub mod create;
 pub mod errors;
 pub mod fsck;
 pub mod fuse;
+pub mod grow;
 pub mod image;
 pub mod kill_point;
 pub mod logging;

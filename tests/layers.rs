@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["fuse", "config"],
     &["compose", "store_lock"],
     &["create", "mount"],
-    &["fsck", "status", "service", "mount_helper"],
+    &["fsck", "status", "service", "mount_helper", "grow"],
     &["cli"],
 ];
 
