@@ -118,7 +118,12 @@ pub fn holder(store: &Path) -> Option<Holder> {
     let pid = holder.pid?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let comm = comm.trim_end();
-    (comm == "onefs" || comm.starts_with("mount.")).then_some(holder)
+    (comm == "onefs" || comm.starts_with("mount.")).then_some(())?;
+    // A holder that exited but was not reaped yet (a detached mount's
+    // parent is gone) still has a comm: it holds nothing any more.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())?;
+    (state != 'Z' && state != 'X').then_some(holder)
 }
 
 /// Opens (creating if needed) the lock file for reading and writing; never
