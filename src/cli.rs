@@ -17,8 +17,8 @@ use std::process::ExitCode;
     name = "onefs",
     version,
     about = "One giant sparse file, disk.img, stored as numbered block files",
-    long_about = "onefs serves a FUSE filesystem holding exactly one file, disk.img, of a size fixed at \
-creation. Its content lives in a backing store as numbered block files (blk-00001, blk-00002, ...); \
+    long_about = "onefs serves a FUSE filesystem holding exactly one file, disk.img, of a size chosen at \
+creation (and grown with onefs grow, while in use if need be). Its content lives in a backing store as numbered block files (blk-00001, blk-00002, ...); \
 blocks that are all zeros are never stored. Attach disk.img to a loop device and put ext4 or btrfs on it."
 )]
 pub struct Cli {
@@ -58,10 +58,12 @@ pub enum Commands {
     ///
     /// Unmounted, the image description (onefs.json) is rewritten atomically,
     /// under the store's lock (and a remote store's lock). Mounted, the onefs
-    /// serving it grows it in use, through its control socket: stat shows the
-    /// new size at once, `losetup -c /dev/loopN` shows it to a loop device,
-    /// and resize2fs or `btrfs filesystem resize max` grows the filesystem.
-    /// A smaller size is refused: onefs never shrinks an image.
+    /// serving it grows it in use, asked through its control socket
+    /// /run/onefs/control-PID: stat shows the new size at once, `losetup -c
+    /// /dev/loopN` shows it to a loop device, and resize2fs or `btrfs
+    /// filesystem resize max MOUNTPOINT` grows the filesystem. A smaller size
+    /// is refused: onefs never shrinks an image, the filesystem on it would
+    /// lose data. A read-only mount is not grown.
     Grow {
         /// The new size of disk.img: larger than now, a multiple of the block
         /// size, at most 2^32 blocks (binary suffix K, M, G, T, P)

@@ -190,7 +190,7 @@ impl Disk {
         size: Option<u64>,
     ) -> Result<FileAttr, Errno> {
         let attr = self.getattr(ino)?;
-        // The size is fixed at creation; owner and mode come from the mount.
+        // The size changes only through onefs grow; owner and mode come from the mount.
         match size {
             Some(s) if s > attr.size => return Err(Errno::EFBIG),
             Some(s) if s < attr.size => return Err(Errno::EPERM),
