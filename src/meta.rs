@@ -415,6 +415,18 @@ mod tests {
     }
 
     #[test]
+    fn object_keys_follow_the_names_past_the_width() {
+        use crate::backend::block_key;
+        let grown = Meta::new(&Geometry::new(64 << 20, 1 << 20).unwrap()).grown(128 << 30).unwrap();
+        let geometry = grown.geometry().unwrap();
+        for (block, key) in [(63, "d0000/blk-00064"), (99_999, "d0099/blk-100000"), (131_071, "d0131/blk-131072")] {
+            let name = geometry.block_name(block);
+            assert_eq!(block_key(block, &name), key);
+            assert_eq!(geometry.parse_block_name(&name), Some(block), "the cache lists it back");
+        }
+    }
+
+    #[test]
     fn replace_swaps_the_description_atomically_and_never_through_a_link() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path();
