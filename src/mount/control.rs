@@ -32,8 +32,8 @@ const MAX_LINE: u64 = 64 << 10;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `onefs grow` waits for the answer: a remote description is
-/// written over the network.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+/// read and written over the network.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// onefs's runtime directory: `/run/onefs`, or a per-user directory under
 /// the temporary directory when /run is not writable.
@@ -343,9 +343,13 @@ pub fn request_grow(pid: u32, store: &Path, size: u64) -> anyhow::Result<Grown> 
     stream.write_all(request.as_bytes()).with_context(|| format!("{}", path.display()))?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut line = String::new();
-    BufReader::new(stream.take(MAX_LINE))
-        .read_line(&mut line)
-        .with_context(|| format!("onefs pid {pid} did not answer on {}", path.display()))?;
+    BufReader::new(stream.take(MAX_LINE)).read_line(&mut line).map_err(|err| match err.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => anyhow::anyhow!(
+            "onefs pid {pid} did not answer within {}s (is its store stuck?); check the size with onefs status",
+            ANSWER_TIMEOUT.as_secs()
+        ),
+        _ => anyhow::anyhow!("onefs pid {pid} did not answer on {}: {err}", path.display()),
+    })?;
     if line.is_empty() {
         bail!("onefs pid {pid} exited without answering (killed while growing?); check its size with onefs status");
     }

@@ -416,7 +416,9 @@ impl Mounted {
             detached: false,
             read_only: spec.options.access.read_only,
             stack,
-            control: None,
+            // From the start: the mount is visible (and may be asked to grow)
+            // before this returns.
+            control: Some(control::register(Arc::new(growable))),
             _lock: lock,
         };
 
@@ -470,7 +472,6 @@ impl Mounted {
             }
         }
         crate::fuse::match_readahead(&mounted.mountpoint, &mounted.store);
-        mounted.control = Some(control::register(Arc::new(growable)));
         log::info!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display());
         Ok(mounted)
     }
