@@ -100,6 +100,12 @@ fn serving(dir: &Path) -> Option<u32> {
 }
 
 fn online(pid: u32, store: &Path, place: &MetaPlace, size: u64) -> anyhow::Result<Outcome> {
+    if crate::status::is_stopped(pid) {
+        bail!(
+            "store {} is mounted by onefs pid {pid}, which is stopped (kill -CONT {pid} resumes it); run onefs grow again then",
+            store.display()
+        );
+    }
     let grown = control::request_grow(pid, store, size)?;
     let disk = grown.mountpoint.join(crate::fuse::DISK_NAME);
     check_kernel_sees(&disk, size);

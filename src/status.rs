@@ -302,7 +302,7 @@ pub fn render_text(entries: &[Entry]) -> String {
 }
 
 /// Whether process `pid` is stopped (SIGSTOP, or a debugger).
-fn is_stopped(pid: u32) -> bool {
+pub fn is_stopped(pid: u32) -> bool {
     // "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

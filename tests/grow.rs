@@ -556,3 +556,23 @@ fn a_garage_backed_image_grows_online_and_offline() {
     assert!(text.contains("[create] asks for size 64M"), "a differing [create] is reported: {text}");
     served.stop();
 }
+
+#[test]
+fn a_stopped_onefs_is_named_not_waited_for() {
+    let s = Scratch::new();
+    let (store, mnt) = (s.path("store"), s.dir("mnt"));
+    create(&store, "1G", "4M");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    let pid = nix::unistd::Pid::from_raw(onefs.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    let out = common::onefs(&["grow", "--size", "2G", store.to_str().unwrap()]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(err.contains("which is stopped (kill -CONT") && err.trim_end().lines().count() == 1, "{err}");
+    assert_eq!(described_size(&store), GIB, "nothing changed");
+    grow_ok(&["--size", "2G", store.to_str().unwrap()]);
+    assert_eq!(size_of(&onefs.disk()), 2 * GIB);
+    onefs.unmount();
+}
