@@ -220,7 +220,10 @@ pub fn render(outcome: &Outcome) -> String {
     if outcome.online {
         let disk = g.mountpoint.join(crate::fuse::DISK_NAME);
         text += &match outcome.loops.as_slice() {
-            [] => format!("a loop device attached to {} from now on sees the new size\n", disk.display()),
+            [] => format!(
+                "a loop device attached to {} from now on sees the new size; one attached already does after losetup -c /dev/loopN\n",
+                disk.display()
+            ),
             loops => format!(
                 "next: losetup -c {} (the loop device sees the new size), then grow the filesystem: resize2fs {}, or btrfs filesystem resize max MOUNTPOINT\n",
                 loops.join(" ; losetup -c "),
