@@ -237,10 +237,31 @@ pub fn close() {
     }
 }
 
+/// Removes the sockets of onefs processes that are gone (a kill -9 leaves
+/// its socket behind): `control-PID` with no process PID.
+fn remove_stale_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("control-")).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            && entry.file_type().is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn listen() -> anyhow::Result<PathBuf> {
     let path = socket_path(std::process::id());
     // Named by our pid: one left there was made by a dead process that had it.
     let _ = std::fs::remove_file(&path);
+    if let Some(dir) = path.parent() {
+        remove_stale_sockets(dir);
+    }
     let listener = UnixListener::bind(&path).with_context(|| format!("{}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
