@@ -17,8 +17,8 @@ use std::process::ExitCode;
     name = "onefs",
     version,
     about = "One giant sparse file, disk.img, stored as numbered block files",
-    long_about = "onefs serves a FUSE filesystem holding exactly one file, disk.img, of a size fixed at \
-creation. Its content lives in a backing store as numbered block files (blk-00001, blk-00002, ...); \
+    long_about = "onefs serves a FUSE filesystem holding exactly one file, disk.img, of a size chosen at \
+creation (and grown with onefs grow, while in use if need be). Its content lives in a backing store as numbered block files (blk-00001, blk-00002, ...); \
 blocks that are all zeros are never stored. Attach disk.img to a loop device and put ext4 or btrfs on it."
 )]
 pub struct Cli {
@@ -51,6 +51,35 @@ pub enum Commands {
         #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
         /// The store directory; must be empty or not exist yet
+        #[arg(required_unless_present_any = ["definition", "config"])]
+        store: Option<PathBuf>,
+    },
+    /// Make disk.img larger, while mounted or not; the block size never changes
+    ///
+    /// Unmounted, the image description (onefs.json) is rewritten atomically,
+    /// under the store's lock (and a remote store's lock). Mounted, the onefs
+    /// serving it grows it in use, asked through its control socket
+    /// /run/onefs/control-PID: stat shows the new size at once, `losetup -c
+    /// /dev/loopN` shows it to a loop device, and resize2fs or `btrfs
+    /// filesystem resize max MOUNTPOINT` grows the filesystem. A smaller size
+    /// is refused: onefs never shrinks an image, the filesystem on it would
+    /// lose data. A read-only mount is not grown.
+    Grow {
+        /// The new size of disk.img: larger than now, a multiple of the block
+        /// size, at most 2^32 blocks (binary suffix K, M, G, T, P)
+        #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+        size: String,
+        /// Grow the image of definition CONFIG_DIR/NAME.toml (in its store
+        /// directory or its [backend])
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["store", "config"])]
+        definition: Option<String>,
+        /// Like --definition, with this definition file
+        #[arg(long, value_name = "FILE", conflicts_with = "store")]
+        config: Option<PathBuf>,
+        /// Where definitions live
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// The store directory
         #[arg(required_unless_present_any = ["definition", "config"])]
         store: Option<PathBuf>,
     },
@@ -280,6 +309,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 meta.block_count,
                 Size(meta.block_size)
             );
+            Ok(())
+        }
+        Commands::Grow { size, definition, config: file, config_dir, store } => {
+            let size = crate::grow::parse_size_arg(&size)?;
+            let def = config::Definition::chosen(definition.as_deref(), file.as_deref(), &config_dir)?;
+            let target = match (&def, &store) {
+                (Some(def), _) => crate::grow::Target::Definition(def),
+                (None, Some(store)) => crate::grow::Target::Store(store),
+                (None, None) => bail!("give a STORE directory, --definition NAME or --config FILE"),
+            };
+            print!("{}", crate::grow::render(&crate::grow::grow(target, size)?));
             Ok(())
         }
         Commands::Run { .. }

@@ -59,6 +59,53 @@ pub fn load_meta(backend: &dyn ObjectBackend) -> anyhow::Result<Meta> {
     Ok(Meta::parse(&text, Path::new(&name))?)
 }
 
+/// Where an image's description is: `onefs.json` in a store directory, or
+/// the object of that name in a backend.
+#[derive(Clone)]
+pub enum MetaPlace {
+    Dir(PathBuf),
+    Backend(Arc<dyn ObjectBackend>),
+}
+
+impl MetaPlace {
+    pub fn load(&self) -> anyhow::Result<Meta> {
+        match self {
+            MetaPlace::Dir(store) => crate::meta::load_explained(store),
+            MetaPlace::Backend(backend) => load_meta(&**backend),
+        }
+    }
+
+    /// Replaces the description: atomically and durably in a directory
+    /// ([`Meta::replace`]), as one PUT of a whole object in a backend (which
+    /// holds the old object or the new one, never part of either). Call
+    /// with the store's lock held (a mount's, or `onefs grow`'s).
+    pub fn replace(&self, meta: &Meta) -> anyhow::Result<()> {
+        match self {
+            MetaPlace::Dir(store) => {
+                meta.replace(store).map_err(|e| anyhow::anyhow!("cannot write the image description: {e}"))
+            }
+            MetaPlace::Backend(backend) => backend
+                .put(META_FILE, meta.to_json().as_bytes())
+                .with_context(|| format!("{}: cannot write the image description {META_FILE}", backend.describe())),
+        }
+    }
+
+    /// For messages: the store directory or the backend.
+    pub fn describe(&self) -> String {
+        match self {
+            MetaPlace::Dir(store) => store.display().to_string(),
+            MetaPlace::Backend(backend) => backend.describe(),
+        }
+    }
+}
+
+/// Takes a backend's remote lock for `what` (a mountpoint, or a command),
+/// first clearing a lock left by an onefs of this host that is gone.
+pub fn lock_remote(backend: Arc<dyn ObjectBackend>, what: &Path) -> anyhow::Result<RemoteLock> {
+    clear_own_dead_lock(&*backend)?;
+    RemoteLock::acquire(backend, what)
+}
+
 /// Where a mount's blocks are, before it is locked and opened.
 pub enum Backing {
     Dir { store: PathBuf },
@@ -79,9 +126,14 @@ impl Backing {
     }
 
     pub fn meta(&self) -> anyhow::Result<Meta> {
+        self.meta_place().load()
+    }
+
+    /// Where the description is (for `onefs grow` of the mounted image).
+    pub fn meta_place(&self) -> MetaPlace {
         match self {
-            Backing::Dir { store } => crate::meta::load_explained(store),
-            Backing::Remote { backend, .. } => load_meta(&**backend),
+            Backing::Dir { store } => MetaPlace::Dir(store.clone()),
+            Backing::Remote { backend, .. } => MetaPlace::Backend(backend.clone()),
         }
     }
 
@@ -104,8 +156,7 @@ impl Backing {
             }
             Backing::Remote { backend, cache } => {
                 let described = backend.describe();
-                clear_own_dead_lock(&*backend)?;
-                let remote_lock = RemoteLock::acquire(backend.clone(), mountpoint)?;
+                let remote_lock = lock_remote(backend.clone(), mountpoint)?;
                 let cache = Arc::new(
                     CacheStore::open(backend.single_attempt().clone(), meta, &cache)
                         .map_err(|e| anyhow::anyhow!("cache for {described}: {e}"))?,

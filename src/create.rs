@@ -73,7 +73,7 @@ pub fn create_if_empty(def: &Definition) -> anyhow::Result<bool> {
             && (meta.size != wanted.size || meta.block_size != wanted.block_size)
         {
             log::warn!(
-                "{}: [create] asks for size {} and block_size {}, but the store already holds an image of size {} with block_size {}; [create] only applies to an empty store",
+                "{}: [create] asks for size {} and block_size {}, but the store already holds an image of size {} with block_size {}; [create] only applies to an empty store (onefs grow makes an image larger)",
                 def.file.display(),
                 Size(wanted.size),
                 Size(wanted.block_size),

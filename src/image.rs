@@ -9,16 +9,27 @@
 //! Each block maps to one of many lock stripes; reads and overwrites of a
 //! stored block share it, while creating, zeroing or deleting a block holds it
 //! exclusively, so the block map and the store never disagree.
+//!
+//! Growing ([`Image::grow`]) stops nobody either: the block map makes room
+//! first, then the new size is published with one atomic store. A request
+//! sees the old size or the new one, and the blocks past the old end exist
+//! in the map before any request can reach them.
 
-use crate::core::{BlockMap, Geometry, Segment, is_zero};
+use crate::core::{BlockMap, Geometry, GeometryError, Segment, is_zero};
 use crate::store::{BlockStore, Zeroed};
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const LOCK_STRIPES: usize = 4096;
 
 pub struct Image {
-    geometry: Geometry,
+    /// Block size and names; its size is the one at open (see `size`).
+    base: Geometry,
+    /// The current size in bytes: grows, never shrinks.
+    size: AtomicU64,
+    /// Serialises growing (requests never take it).
+    growing: Mutex<()>,
     store: Arc<dyn BlockStore>,
     map: BlockMap,
     stripes: Box<[RwLock<()>]>,
@@ -35,15 +46,38 @@ impl Image {
         for block in store.list()? {
             map.insert(block);
         }
-        Ok(Self { geometry, store, map, stripes: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect() })
+        Ok(Self {
+            base: geometry,
+            size: AtomicU64::new(geometry.size()),
+            growing: Mutex::new(()),
+            store,
+            map,
+            stripes: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+        })
     }
 
-    pub fn geometry(&self) -> &Geometry {
-        &self.geometry
+    /// The geometry at this moment (its size grows with [`Image::grow`]).
+    pub fn geometry(&self) -> Geometry {
+        // Only sizes `grow` checked are ever stored.
+        self.base.at_size(self.size())
     }
 
     pub fn size(&self) -> u64 {
-        self.geometry.size()
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Grows the image to `size` bytes while requests go on: the blocks past
+    /// the old end read as zeros and can be written once this returns.
+    /// Returns the old size. The caller must have made the new size durable
+    /// in the image's description first, or a crash would forget blocks
+    /// written past the old end.
+    pub fn grow(&self, size: u64) -> Result<u64, GeometryError> {
+        let _one_at_a_time = self.growing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.size();
+        let grown = self.geometry().grown(size)?;
+        self.map.grow(grown.block_count());
+        self.size.store(size, Ordering::Release);
+        Ok(old)
     }
 
     pub fn store(&self) -> &Arc<dyn BlockStore> {
@@ -77,8 +111,9 @@ impl Image {
         if offset >= self.size() {
             return Ok(0);
         }
-        let len = (buf.len() as u64).min(self.size() - offset);
-        for seg in self.geometry.segments(offset, len) {
+        let geometry = self.geometry();
+        let len = (buf.len() as u64).min(geometry.size() - offset);
+        for seg in geometry.segments(offset, len) {
             let out = &mut buf[seg.buf_offset..seg.buf_offset + seg.len as usize];
             let _guard = self.shared(seg.block);
             if self.map.contains(seg.block) {
@@ -104,8 +139,9 @@ impl Image {
         if offset >= self.size() {
             return Err(errno(libc::EFBIG));
         }
-        let len = (data.len() as u64).min(self.size() - offset);
-        for seg in self.geometry.segments(offset, len) {
+        let geometry = self.geometry();
+        let len = (data.len() as u64).min(geometry.size() - offset);
+        for seg in geometry.segments(offset, len) {
             let chunk = &data[seg.buf_offset..seg.buf_offset + seg.len as usize];
             if is_zero(chunk) {
                 self.zero_segment(seg)?;
@@ -139,9 +175,7 @@ impl Image {
         if !self.map.contains(seg.block) {
             return Ok(());
         }
-        if seg.is_full_block(&self.geometry)
-            || self.store.zero_range(seg.block, seg.offset, seg.len)? == Zeroed::AllZero
-        {
+        if seg.is_full_block(&self.base) || self.store.zero_range(seg.block, seg.offset, seg.len)? == Zeroed::AllZero {
             self.store.delete(seg.block)?;
             self.map.remove(seg.block);
         }
@@ -155,17 +189,17 @@ impl Image {
         if offset >= self.size() || len == 0 {
             return Ok(());
         }
-        let end = offset.saturating_add(len).min(self.size());
-        let first = self.geometry.block_of(offset);
-        let last = self.geometry.block_of(end - 1);
+        let geometry = self.geometry();
+        let end = offset.saturating_add(len).min(geometry.size());
+        let first = geometry.block_of(offset);
+        let last = geometry.block_of(end - 1);
         // Visit stored blocks only: a discard of a whole 16 TiB image must not
         // walk billions of absent blocks.
         let mut next = self.map.next_present(first);
         while let Some(block) = next.filter(|&b| b <= last) {
-            let start = self.geometry.block_start(block).max(offset);
-            let stop = (self.geometry.block_start(block) + self.geometry.block_size()).min(end);
-            let seg =
-                Segment { block, offset: start - self.geometry.block_start(block), len: stop - start, buf_offset: 0 };
+            let start = geometry.block_start(block).max(offset);
+            let stop = (geometry.block_start(block) + geometry.block_size()).min(end);
+            let seg = Segment { block, offset: start - geometry.block_start(block), len: stop - start, buf_offset: 0 };
             self.zero_segment(seg)?;
             next = self.map.next_present(block + 1);
         }
@@ -174,13 +208,14 @@ impl Image {
 
     /// SEEK_DATA: the first offset at or after `offset` inside a stored block.
     pub fn seek_data(&self, offset: u64) -> io::Result<u64> {
-        if offset >= self.size() {
+        let geometry = self.geometry();
+        if offset >= geometry.size() {
             return Err(errno(libc::ENXIO));
         }
-        let block = self.geometry.block_of(offset);
-        match self.map.next_present(block) {
+        let block = geometry.block_of(offset);
+        match self.map.next_present(block).filter(|&b| b < geometry.block_count()) {
             Some(b) if b == block => Ok(offset),
-            Some(b) => Ok(self.geometry.block_start(b)),
+            Some(b) => Ok(geometry.block_start(b)),
             None => Err(errno(libc::ENXIO)),
         }
     }
@@ -188,14 +223,15 @@ impl Image {
     /// SEEK_HOLE: the first offset at or after `offset` inside an absent
     /// block, or the end of the image (which counts as a hole).
     pub fn seek_hole(&self, offset: u64) -> io::Result<u64> {
-        if offset >= self.size() {
+        let geometry = self.geometry();
+        if offset >= geometry.size() {
             return Err(errno(libc::ENXIO));
         }
-        let block = self.geometry.block_of(offset);
-        match self.map.next_absent(block) {
+        let block = geometry.block_of(offset);
+        match self.map.next_absent(block).filter(|&b| b < geometry.block_count()) {
             Some(b) if b == block => Ok(offset),
-            Some(b) => Ok(self.geometry.block_start(b)),
-            None => Ok(self.size()),
+            Some(b) => Ok(geometry.block_start(b)),
+            None => Ok(geometry.size()),
         }
     }
 
@@ -287,11 +323,71 @@ mod tests {
     fn reopening_sees_stored_blocks() {
         let (img, store) = image(4);
         img.write(2 * BS, b"keep").unwrap();
-        let again = Image::open(*img.geometry(), store).unwrap();
+        let again = Image::open(img.geometry(), store).unwrap();
         let mut buf = [0u8; 4];
         again.read(2 * BS, &mut buf).unwrap();
         assert_eq!(&buf, b"keep");
         assert_eq!(again.stored_blocks(), 1);
+    }
+
+    #[test]
+    fn grows_while_in_use_and_keeps_every_byte() {
+        let (img, store) = image(4);
+        img.write(3 * BS + 5, b"last block").unwrap();
+        assert_eq!(img.write(4 * BS, b"x").unwrap_err().raw_os_error(), Some(libc::EFBIG));
+        assert_eq!(img.grow(10 * BS).unwrap(), 4 * BS);
+        assert_eq!((img.size(), img.geometry().block_count()), (10 * BS, 10));
+        let mut buf = [0u8; 10];
+        img.read(3 * BS + 5, &mut buf).unwrap();
+        assert_eq!(&buf, b"last block");
+        assert_eq!(img.read(4 * BS, &mut buf).unwrap(), 10, "the new end reads");
+        assert!(is_zero(&buf), "as zeros");
+        img.write(9 * BS, b"past the old end").unwrap();
+        let mut stored: Vec<u64> = store.snapshot().keys().copied().collect();
+        stored.sort();
+        assert_eq!(stored, [3, 9]);
+        assert_eq!(img.seek_hole(3 * BS).unwrap(), 4 * BS);
+        assert_eq!(img.seek_data(4 * BS).unwrap(), 9 * BS);
+        assert_eq!(img.seek_hole(9 * BS).unwrap(), 10 * BS, "the new end is a hole");
+        let err = img.grow(8 * BS).unwrap_err().to_string();
+        assert!(err.contains("never shrinks"), "{err}");
+        assert!(img.grow(10 * BS).is_err(), "the same size");
+        assert!(img.grow(10 * BS + 1).is_err(), "not a multiple");
+        assert_eq!(img.size(), 10 * BS, "a refused grow changes nothing");
+        let again = Image::open(img.geometry(), store).unwrap();
+        assert_eq!(again.stored_blocks(), 2);
+    }
+
+    #[test]
+    fn requests_go_on_while_it_grows() {
+        let (img, _) = image(4);
+        let img = Arc::new(img);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..3u8)
+            .map(|t| {
+                let (img, stop) = (img.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let offset = (n % 4) * BS + u64::from(t) * 100;
+                        img.write(offset, &[t + 1; 50]).unwrap();
+                        let mut buf = [0u8; 50];
+                        img.read(offset, &mut buf).unwrap();
+                        assert_eq!(buf, [t + 1; 50]);
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        for blocks in 5..200 {
+            img.grow(blocks * BS).unwrap();
+            img.write((blocks - 1) * BS, &[9u8; 10]).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(img.stored_blocks(), 4 + 195);
     }
 
     #[derive(Debug, Clone)]

@@ -6,7 +6,8 @@
 //!    (pure geometry, block map, zero detection, CRC-32C), [`confined`]
 //!    (an untrusted directory, opened beneath its descriptor), [`probe`]
 //!    (questions to a path's filesystem with a time limit), [`paths`],
-//!    [`mountinfo`], [`logging`];
+//!    [`mountinfo`], [`logging`], [`kill_point`] (the crash tests' kill -9
+//!    at a chosen step);
 //! 1. [`backend`]: `ObjectBackend` (whole objects by key: dir, S3, rclone,
 //!    the remote lock) and [`meta`] (`onefs.json`);
 //! 2. [`store`]: the `BlockStore` trait, the directory store and the cache
@@ -20,7 +21,8 @@
 //! 6. [`create`] (the one way to make an image) and [`mount`] (the life of a
 //!    mount, and detaching from `onefs mount`);
 //! 7. the commands: [`fsck`], [`status`], [`service`] (`run`, `daemon`,
-//!    reload, sd_notify) and [`mount_helper`] (`mount.fuse.onefs`);
+//!    reload, sd_notify), [`mount_helper`] (`mount.fuse.onefs`) and
+//!    [`grow`] (`onefs grow`, offline or through the running onefs);
 //! 8. [`cli`].
 
 pub mod backend;
@@ -33,7 +35,9 @@ pub mod create;
 pub mod errors;
 pub mod fsck;
 pub mod fuse;
+pub mod grow;
 pub mod image;
+pub mod kill_point;
 pub mod logging;
 pub mod meta;
 pub mod mount;

@@ -14,6 +14,11 @@
 //! edited by hand into another consistent geometry would silently remap
 //! every stored byte, so it is refused instead. Version 1 descriptions
 //! (written before the checksum existed) are still read.
+//!
+//! `onefs grow` rewrites it with a larger `size` and `block_count` and a
+//! fresh checksum ([`Meta::grown`], [`Meta::replace`]); everything else,
+//! `id` and `created` included, stays. `width` stays too: blocks past what
+//! it can count are named with all their digits (see `core::geometry`).
 
 use crate::confined::{Access, ConfinedDir};
 use crate::core::crc32c::crc32c;
@@ -107,6 +112,18 @@ impl Meta {
         format!("crc32c:{:08x}", crc32c(text.as_bytes()))
     }
 
+    /// This image's description at `size` bytes: the same id, creation,
+    /// block size and names, the new size and block count, a fresh checksum
+    /// (a version 1 description becomes version 2). Refuses what
+    /// [`Geometry::grown`] refuses.
+    pub fn grown(&self, size: u64) -> Result<Self, GeometryError> {
+        let geometry = self.geometry()?.grown(size)?;
+        let mut meta =
+            Self { version: VERSION, size, block_count: geometry.block_count(), checksum: None, ..self.clone() };
+        meta.checksum = Some(meta.content_checksum());
+        Ok(meta)
+    }
+
     pub fn geometry(&self) -> Result<Geometry, GeometryError> {
         Geometry::with_name_width(self.size, self.block_size, self.block_files.width)
     }
@@ -188,6 +205,41 @@ impl Meta {
         let linked = written.and_then(|()| dir.link(&tmp, META_FILE));
         let _ = dir.remove(&tmp);
         linked?;
+        dir.sync()
+    }
+}
+
+/// The temporary name a new description is written under by `onefs grow`
+/// before it is renamed over `onefs.json`; one left by a crash is removed
+/// by the next mount (and by `onefs fsck --repair`), like any `.NAME.tmp`.
+pub const REPLACEMENT: &str = ".onefs.json.grow.tmp";
+
+impl Meta {
+    /// Replaces `STORE/onefs.json` atomically and durably: the new text goes
+    /// to [`REPLACEMENT`] beside it (never through a link), is fsync'ed,
+    /// renamed over `onefs.json`, and the directory is fsync'ed. A crash at
+    /// any point leaves the old description or the new one, never neither.
+    pub fn replace(&self, store: &Path) -> io::Result<()> {
+        let dir = ConfinedDir::open(store)?;
+        // A leftover of an earlier crash (or a link planted there) goes
+        // first: the new text is written to a file of our own.
+        dir.remove(REPLACEMENT)?;
+        let mut file = dir.open_file(REPLACEMENT, Access::CreateNew(0o644))?;
+        let written = file
+            .write_all(self.to_json().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| crate::errors::context(dir.join(REPLACEMENT).display(), e));
+        drop(file);
+        if let Err(err) = written {
+            let _ = dir.remove(REPLACEMENT);
+            return Err(err);
+        }
+        crate::kill_point::reached("description-temporary");
+        if let Err(err) = dir.rename(REPLACEMENT, META_FILE) {
+            let _ = dir.remove(REPLACEMENT);
+            return Err(err);
+        }
+        crate::kill_point::reached("description-renamed");
         dir.sync()
     }
 }
@@ -342,6 +394,54 @@ mod tests {
         let v2_without = v1.replace("\"version\": 1", "\"version\": 2");
         let err = Meta::parse(&v2_without, Path::new("x")).unwrap_err().to_string();
         assert!(err.contains("missing \"checksum\""), "{err}");
+    }
+
+    #[test]
+    fn a_grown_description_keeps_the_image_and_gets_a_fresh_checksum() {
+        let small = Meta::new(&Geometry::new(1 << 30, 4 << 20).unwrap());
+        let big = small.grown(1 << 40).unwrap();
+        assert_eq!((big.size, big.block_count, big.block_size), (1 << 40, 262_144, 4 << 20));
+        assert_eq!((&big.id, &big.created, &big.created_by), (&small.id, &small.created, &small.created_by));
+        assert_eq!(big.block_files, small.block_files, "names keep their width");
+        assert_ne!(big.checksum, small.checksum);
+        assert_eq!(Meta::parse(&big.to_json(), Path::new("x")).unwrap(), big);
+        assert_eq!(big.geometry().unwrap().block_name(262_143), "blk-262144");
+        assert!(small.grown(1 << 29).unwrap_err().to_string().contains("never shrinks"));
+        // A version 1 description comes out as version 2, with a checksum.
+        let v1 = Meta { version: 1, checksum: None, ..small.clone() };
+        let grown = v1.grown(2 << 30).unwrap();
+        assert_eq!(grown.version, 2);
+        assert_eq!(Meta::parse(&grown.to_json(), Path::new("x")).unwrap(), grown);
+    }
+
+    #[test]
+    fn object_keys_follow_the_names_past_the_width() {
+        use crate::backend::block_key;
+        let grown = Meta::new(&Geometry::new(64 << 20, 1 << 20).unwrap()).grown(128 << 30).unwrap();
+        let geometry = grown.geometry().unwrap();
+        for (block, key) in [(63, "d0000/blk-00064"), (99_999, "d0099/blk-100000"), (131_071, "d0131/blk-131072")] {
+            let name = geometry.block_name(block);
+            assert_eq!(block_key(block, &name), key);
+            assert_eq!(geometry.parse_block_name(&name), Some(block), "the cache lists it back");
+        }
+    }
+
+    #[test]
+    fn replace_swaps_the_description_atomically_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        let meta = sample();
+        meta.write_new(store).unwrap();
+        let victim = store.join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, store.join(REPLACEMENT)).unwrap();
+        let grown = meta.grown(2 << 40).unwrap();
+        grown.replace(store).unwrap();
+        assert_eq!(Meta::load(store).unwrap(), grown);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(!store.join(REPLACEMENT).exists());
+        let names: Vec<_> = std::fs::read_dir(store).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]

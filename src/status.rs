@@ -163,15 +163,21 @@ pub fn collect(dir: &Path, only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
         .iter()
         .map(|row| {
             let state = row.mounted.then(|| probe::statfs(&row.mountpoint));
+            // The size the mount serves: an image grown while mounted, over
+            // a remote store, is described by its cache only at the next mount.
+            let live = row.mounted.then(|| {
+                let disk = row.mountpoint.join(crate::fuse::DISK_NAME);
+                probe::start(("size", disk.clone()), move || std::fs::metadata(&disk).ok().map(|m| m.len()))
+            });
             let store = row.store.clone();
-            (state, probe::start(("describe", row.store.clone()), move || describe(store)))
+            (state, live, probe::start(("describe", row.store.clone()), move || describe(store)))
         })
         .collect();
     let deadline = Instant::now() + probe::LIMIT;
     let entries = rows
         .into_iter()
         .zip(asked)
-        .map(|(row, (state, described))| {
+        .map(|(row, (state, live, described))| {
             let state = match state.map(|s| s.wait_until(deadline)) {
                 None => NOT_MOUNTED,
                 Some(Ok(Err(nix::errno::Errno::ENOTCONN))) => DEAD,
@@ -188,6 +194,13 @@ pub fn collect(dir: &Path, only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
                     entry
                 }
             };
+            if state == MOUNTED
+                && let Some(Ok(Some(size))) = live.map(|l| l.wait_until(deadline))
+                && let Some(block_size) = entry.block_size.filter(|&bs| bs > 0 && size % bs == 0)
+            {
+                entry.size = Some(size);
+                entry.block_count = Some(size / block_size);
+            }
             entry.name = row.name;
             entry.store = row.store;
             entry.mountpoint = Some(row.mountpoint);
@@ -289,7 +302,7 @@ pub fn render_text(entries: &[Entry]) -> String {
 }
 
 /// Whether process `pid` is stopped (SIGSTOP, or a debugger).
-fn is_stopped(pid: u32) -> bool {
+pub fn is_stopped(pid: u32) -> bool {
     // "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

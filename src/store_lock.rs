@@ -24,13 +24,34 @@ pub struct StoreLock {
 /// The largest lock record onefs reads (its own are under 200 bytes).
 const RECORD_CAP: u64 = 4096;
 
+/// What the holder of a store's lock is doing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Serving a mount.
+    #[default]
+    Mount,
+    /// `onefs fsck`.
+    Fsck,
+    /// `onefs grow` of an unmounted store (a moment's work).
+    Grow,
+}
+
+impl Role {
+    fn record(self) -> &'static str {
+        match self {
+            Role::Mount => "",
+            Role::Fsck => "fsck",
+            Role::Grow => "grow",
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Holder {
     pub pid: Option<u32>,
     pub mountpoint: Option<PathBuf>,
     pub unit: Option<String>,
-    /// The holder is `onefs fsck`, not a mount.
-    pub fsck: bool,
+    pub role: Role,
 }
 
 impl Holder {
@@ -41,7 +62,8 @@ impl Holder {
                 Some(("pid", v)) => holder.pid = v.parse().ok(),
                 Some(("mountpoint", v)) if !v.is_empty() => holder.mountpoint = Some(PathBuf::from(v)),
                 Some(("unit", v)) if !v.is_empty() => holder.unit = Some(v.into()),
-                Some(("role", "fsck")) => holder.fsck = true,
+                Some(("role", "fsck")) => holder.role = Role::Fsck,
+                Some(("role", "grow")) => holder.role = Role::Grow,
                 _ => {}
             }
         }
@@ -54,7 +76,12 @@ impl Holder {
             parts.push(format!("at {}", mp.display()));
         }
         if let Some(pid) = self.pid {
-            parts.push(format!("by onefs {}pid {pid}", if self.fsck { "fsck " } else { "" }));
+            let command = match self.role {
+                Role::Mount => "",
+                Role::Fsck => "fsck ",
+                Role::Grow => "grow ",
+            };
+            parts.push(format!("by onefs {command}pid {pid}"));
         }
         if let Some(unit) = &self.unit {
             parts.push(format!("(unit {unit})"));
@@ -91,7 +118,12 @@ pub fn holder(store: &Path) -> Option<Holder> {
     let pid = holder.pid?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let comm = comm.trim_end();
-    (comm == "onefs" || comm.starts_with("mount.")).then_some(holder)
+    (comm == "onefs" || comm.starts_with("mount.")).then_some(())?;
+    // A holder that exited but was not reaped yet (a detached mount's
+    // parent is gone) still has a comm: it holds nothing any more.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())?;
+    (state != 'Z' && state != 'X').then_some(holder)
 }
 
 /// Opens (creating if needed) the lock file for reading and writing; never
@@ -151,7 +183,8 @@ impl StoreLock {
         let mut announced = false;
         while !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
             let holder = read_holder(&mut file);
-            if holder.fsck {
+            // An offline `onefs grow` is done in a moment: waited for below.
+            if holder.role == Role::Fsck {
                 anyhow::bail!(
                     "store {} is being checked {}; mount it when the check has finished",
                     store.display(),
@@ -211,6 +244,17 @@ impl StoreLock {
     /// dropped. Without `write`, a store whose lock file cannot be opened for
     /// writing (read-only media) is still locked through a read-only open.
     pub fn try_acquire_for_fsck(store: &Path, write: bool) -> anyhow::Result<Self> {
+        Self::try_acquire_offline(store, write, Role::Fsck)
+    }
+
+    /// Takes the store's lock for `onefs grow` of an unmounted store, like
+    /// [`StoreLock::try_acquire_for_fsck`] with `write`: mounts that start
+    /// meanwhile wait for it (it takes a moment), fsck is refused.
+    pub fn try_acquire_for_grow(store: &Path) -> anyhow::Result<Self> {
+        Self::try_acquire_offline(store, true, Role::Grow)
+    }
+
+    fn try_acquire_offline(store: &Path, write: bool, role: Role) -> anyhow::Result<Self> {
         let path = store.join(LOCK_FILE);
         let cannot_open = |e: io::Error| anyhow::anyhow!("cannot open the lock file: {e}");
         let dir = ConfinedDir::open(store).map_err(|e| anyhow::anyhow!("store {e}"))?;
@@ -227,13 +271,21 @@ impl StoreLock {
         };
         if !try_flock(&file).map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", path.display()))? {
             let holder = read_holder(&mut file);
-            let what = if holder.fsck { "being checked" } else { "in use" };
+            let what = match holder.role {
+                Role::Fsck => "being checked",
+                Role::Grow => "being grown",
+                Role::Mount => "in use",
+            };
             let who = holder.describe();
             let who = if who.is_empty() { "by another process".to_string() } else { who };
-            anyhow::bail!("store {} is {what} {who}; unmount it before running fsck", store.display());
+            let advice = match role {
+                Role::Grow => "run onefs grow again once that has finished",
+                _ => "unmount it before running fsck",
+            };
+            anyhow::bail!("store {} is {what} {who}; {advice}", store.display());
         }
         if writable {
-            let record = format!("pid={}\nmountpoint=\nunit=\nrole=fsck\n", std::process::id());
+            let record = format!("pid={}\nmountpoint=\nunit=\nrole={}\n", std::process::id(), role.record());
             file.set_len(0)
                 .and_then(|()| file.rewind())
                 .and_then(|()| file.write_all(record.as_bytes()))
@@ -290,5 +342,22 @@ mod tests {
         assert!(err.contains("being checked"), "{err}");
         drop(fsck);
         StoreLock::acquire(dir.path(), Path::new("/mnt/x"), false).unwrap();
+    }
+
+    #[test]
+    fn an_offline_grow_is_waited_for_by_a_mount_and_refuses_fsck() {
+        let dir = tempfile::tempdir().unwrap();
+        let grow = StoreLock::try_acquire_for_grow(dir.path()).unwrap();
+        let record = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(record.contains("role=grow"), "{record}");
+        let err = StoreLock::try_acquire_for_fsck(dir.path(), false).err().unwrap().to_string();
+        assert!(err.contains("is being grown by onefs grow pid"), "{err}");
+        let store = dir.path().to_path_buf();
+        let mount = std::thread::spawn(move || StoreLock::acquire(&store, Path::new("/mnt/y"), false).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!mount.is_finished(), "the mount waits for the grow");
+        drop(grow);
+        mount.join().unwrap().unwrap();
+        assert!(StoreLock::try_acquire_for_grow(dir.path()).is_ok(), "nothing holds it any more");
     }
 }

@@ -499,5 +499,76 @@ fn bounds_are_named_the_right_way_round() {
     fs::write(&meta, text.replace("\"width\": 5", "\"width\": 21")).unwrap();
     refuse_mount(&store, &mnt, &["block name width 21 is too large (at most 20 digits)"]);
     fs::write(&meta, text.replace("\"width\": 5", "\"width\": 4")).unwrap();
-    refuse_mount(&store, &mnt, &["block name width 4 is too small for 8 blocks (they need 5 digits)"]);
+    refuse_mount(&store, &mnt, &["block name width 4 is too small (at least 5 digits)"]);
+}
+
+/// A store's files but its lock (a mount rewrites its holder record).
+fn without_lock(files: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    files.into_iter().filter(|(n, _)| n != "onefs.lock").collect()
+}
+
+#[test]
+fn grow_refuses_bad_sizes_and_places_in_one_line_and_changes_nothing() {
+    let s = Scratch::new();
+    let store = s.path("store");
+    create(&store, "1G", "4M");
+    let st = store.to_str().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "512M",
+            &[
+                st,
+                "size 512M is smaller than the image (1G)",
+                "onefs never shrinks an image, the filesystem on it would lose data",
+            ],
+        ),
+        ("1G", &[st, "size 1G is the image's size already; give a larger one"]),
+        ("1025M", &[st, "size 1025M is not a multiple of the block size 4M"]),
+        (
+            "17P",
+            &[st, "size 17P is too large for this image's blocks of 4M", "16P at most", "the block size never changes"],
+        ),
+        ("lots", &["--size", "\"lots\""]),
+        ("-1", &["--size", "\"-1\" is negative"]),
+    ];
+    let check = |how: &str| {
+        for (size, expect) in cases {
+            let before = without_lock(snapshot(&store));
+            let err = refused(&["grow", "--size", size, st]);
+            assert_mentions(&err, expect);
+            assert_eq!(without_lock(snapshot(&store)), before, "{how}: a refused grow --size {size} changed the store");
+        }
+    };
+    check("unmounted");
+    let mnt = s.dir("mnt");
+    let onefs = OnefsMount::new(&store, &mnt, &[]);
+    check("mounted");
+    assert_eq!(fs::metadata(onefs.disk()).unwrap().len(), 1 << 30, "a refused grow changed the mount");
+    onefs.unmount();
+
+    // A read-only mount writes nothing to its store, its description included.
+    let before = without_lock(snapshot(&store));
+    let onefs = OnefsMount::new(&store, &mnt, &["-o", "ro"]);
+    let err = refused(&["grow", "--size", "2G", st]);
+    assert_mentions(&err, &[st, "is mounted read-only at", "unmount it and grow it offline"]);
+    assert_eq!(fs::metadata(onefs.disk()).unwrap().len(), 1 << 30);
+    onefs.unmount();
+    assert_eq!(without_lock(snapshot(&store)), before);
+
+    // No image there.
+    let absent = s.path("absent");
+    let err = refused(&["grow", "--size", "2G", absent.to_str().unwrap()]);
+    assert_mentions(&err, &[absent.to_str().unwrap(), "does not exist"]);
+    assert!(!absent.exists());
+    let empty = s.dir("empty");
+    let err = refused(&["grow", "--size", "2G", empty.to_str().unwrap()]);
+    assert_mentions(&err, &[empty.to_str().unwrap(), "no image in it yet"]);
+    assert!(snapshot(&empty).is_empty());
+    let file = s.path("file");
+    fs::write(&file, b"x").unwrap();
+    let err = refused(&["grow", "--size", "2G", file.to_str().unwrap()]);
+    assert_mentions(&err, &[file.to_str().unwrap(), "not a directory"]);
+    let etc = s.dir("etc");
+    let err = refused(&["grow", "--size", "2G", "--definition", "nope", "--config-dir", etc.to_str().unwrap()]);
+    assert_mentions(&err, &["no definition nope"]);
 }

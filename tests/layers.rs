@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 
 /// Bottom to top, as in `src/lib.rs`.
 const LAYERS: &[&[&str]] = &[
-    &["errors", "sync", "core", "confined", "probe", "paths", "mountinfo", "logging"],
+    &["errors", "sync", "core", "confined", "probe", "paths", "mountinfo", "logging", "kill_point"],
     &["backend", "meta"],
     &["store"],
     &["image", "options"],
     &["fuse", "config"],
     &["compose", "store_lock"],
     &["create", "mount"],
-    &["fsck", "status", "service", "mount_helper"],
+    &["fsck", "status", "service", "mount_helper", "grow"],
     &["cli"],
 ];
 

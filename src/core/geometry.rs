@@ -3,6 +3,13 @@
 //! Block `i` (0-based) holds bytes `[i * block_size, (i + 1) * block_size)`
 //! and is stored under the name `blk-` + `i + 1`, zero-padded to a width fixed
 //! at creation, so that names sort in block order (`blk-00001` is the first).
+//!
+//! An image grown past what that width can count keeps it: a number with
+//! more digits is written with all of them and no padding (`printf
+//! "blk-%05d"` does exactly that), so no existing name ever changes and every
+//! block has exactly one name. Parsing accepts only that one name (`width`
+//! digits, or more without a leading zero): `blk-000001` beside `blk-00001`
+//! is a stray, never a second copy of block 0.
 
 use super::size::Size;
 
@@ -28,10 +35,31 @@ pub enum GeometryError {
     NotMultiple(u64, u64),
     #[error("{}", too_many_blocks(*.0, *.1))]
     TooManyBlocks(u64, u64),
-    #[error("block name width {0} is too small for {1} blocks (they need {2} digits)")]
-    NameWidthTooSmall(usize, u64, usize),
+    #[error("block name width {0} is too small (at least {MIN_NAME_WIDTH} digits)")]
+    NameWidthTooSmall(usize),
     #[error("block name width {0} is too large (at most {MAX_NAME_WIDTH} digits)")]
     NameWidthTooLarge(usize),
+    #[error(
+        "size {} is smaller than the image ({}): onefs never shrinks an image, the filesystem on it would lose data",
+        Size(*.to), Size(*.from)
+    )]
+    Shrink { from: u64, to: u64 },
+    #[error("size {} is the image's size already; give a larger one", Size(*.0))]
+    Unchanged(u64),
+    #[error("{}", too_large_to_grow(*.0, *.1))]
+    TooLargeToGrow(u64, u64),
+}
+
+/// The largest an image of `block_size` blocks can grow to: its block size
+/// never changes.
+fn too_large_to_grow(size: u64, block_size: u64) -> String {
+    let largest = (MAX_BLOCK_COUNT * block_size).min(i64::MAX as u64 / block_size * block_size);
+    format!(
+        "size {} is too large for this image's blocks of {} (at most {MAX_BLOCK_COUNT} blocks: {} at most; the block size never changes)",
+        Size(size),
+        Size(block_size),
+        Size(largest)
+    )
 }
 
 fn not_multiple(size: u64, block_size: u64) -> String {
@@ -104,16 +132,34 @@ impl Geometry {
         Ok(Self { size, block_size, name_width: digits(count).max(MIN_NAME_WIDTH) })
     }
 
-    /// Geometry as recorded in an existing image's metadata.
+    /// Geometry as recorded in an existing image's metadata. The width may
+    /// be narrower than the last block's number once the image has grown.
     pub fn with_name_width(size: u64, block_size: u64, name_width: usize) -> Result<Self, GeometryError> {
         let geometry = Self::new(size, block_size)?;
         if name_width > MAX_NAME_WIDTH {
             return Err(GeometryError::NameWidthTooLarge(name_width));
         }
-        if name_width < geometry.name_width {
-            return Err(GeometryError::NameWidthTooSmall(name_width, geometry.block_count(), geometry.name_width));
+        if name_width < MIN_NAME_WIDTH {
+            return Err(GeometryError::NameWidthTooSmall(name_width));
         }
         Ok(Self { name_width, ..geometry })
+    }
+
+    /// The same image grown to `size` bytes: same block size, same name
+    /// width. Refuses a smaller or equal size, one that is not a multiple
+    /// of the block size, and one past the block limit.
+    pub fn grown(&self, size: u64) -> Result<Self, GeometryError> {
+        if size < self.size {
+            return Err(GeometryError::Shrink { from: self.size, to: size });
+        }
+        if size == self.size {
+            return Err(GeometryError::Unchanged(size));
+        }
+        match Self::check(size, self.block_size) {
+            Ok(()) => Ok(Self { size, ..*self }),
+            Err(GeometryError::TooManyBlocks(..)) => Err(GeometryError::TooLargeToGrow(size, self.block_size)),
+            Err(e) => Err(e),
+        }
     }
 
     fn check(size: u64, block_size: u64) -> Result<(), GeometryError> {
@@ -135,6 +181,13 @@ impl Geometry {
         Ok(())
     }
 
+    /// This geometry at `size` bytes, which [`grown`](Self::grown)
+    /// accepted before (the image keeps its checked size in an atomic).
+    pub fn at_size(&self, size: u64) -> Self {
+        debug_assert!(size.is_multiple_of(self.block_size) && size / self.block_size <= MAX_BLOCK_COUNT);
+        Self { size, ..*self }
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -154,7 +207,8 @@ impl Geometry {
         block * self.block_size
     }
 
-    /// File name of block `block` (0-based): `blk-00001` for block 0.
+    /// File name of block `block` (0-based): `blk-00001` for block 0; a
+    /// number wider than the width keeps all its digits (`blk-100000`).
     pub fn block_name(&self, block: u64) -> String {
         format!("{BLOCK_PREFIX}{:0width$}", block + 1, width = self.name_width)
     }
@@ -162,12 +216,22 @@ impl Geometry {
     /// The block a file name stands for, if it is a well-formed block name of
     /// this image (right prefix, width and range).
     pub fn parse_block_name(&self, name: &str) -> Option<u64> {
+        self.parse_block_number(name).filter(|&block| block < self.block_count())
+    }
+
+    /// The block a name stands for in an image of any size with this name
+    /// width: exactly the name [`block_name`](Self::block_name) gives it
+    /// (`width` digits, or more without a leading zero), whatever the range.
+    pub fn parse_block_number(&self, name: &str) -> Option<u64> {
         let digits = name.strip_prefix(BLOCK_PREFIX)?;
-        if digits.len() != self.name_width || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.len() < self.name_width
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || (digits.len() > self.name_width && digits.starts_with('0'))
+        {
             return None;
         }
         let number: u64 = digits.parse().ok()?;
-        (1..=self.block_count()).contains(&number).then(|| number - 1)
+        number.checked_sub(1)
     }
 
     /// Splits `[offset, offset + len)` into per-block segments. The range
@@ -234,8 +298,10 @@ mod tests {
         assert!(text(1 << 40, 1 << 31).contains("2G is out of range (4K to 1G)"));
         let width = |w| Geometry::with_name_width(8 * M, 4 * M, w).unwrap_err().to_string();
         assert_eq!(width(21), "block name width 21 is too large (at most 20 digits)");
-        assert_eq!(width(4), "block name width 4 is too small for 2 blocks (they need 5 digits)");
+        assert_eq!(width(4), "block name width 4 is too small (at least 5 digits)");
         assert_eq!(Geometry::with_name_width(8 * M, 4 * M, 20).unwrap().name_width(), 20);
+        // A grown image keeps the width its first blocks were named with.
+        assert_eq!(Geometry::with_name_width(1 << 40, 4096, 5).unwrap().name_width(), 5);
     }
 
     #[test]
@@ -268,6 +334,49 @@ mod tests {
         {
             assert_eq!(g.parse_block_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn grows_keeping_block_size_and_names() {
+        let g = Geometry::new(1 << 30, 4 * M).unwrap();
+        let big = g.grown(1 << 40).unwrap();
+        assert_eq!((big.size(), big.block_size(), big.name_width()), (1 << 40, 4 * M, 5));
+        assert_eq!(big.block_count(), 262_144);
+        assert_eq!(big.block_name(0), g.block_name(0));
+        let text = |size| g.grown(size).unwrap_err().to_string();
+        assert_eq!(
+            text(512 * M),
+            "size 512M is smaller than the image (1G): onefs never shrinks an image, the filesystem on it would lose data"
+        );
+        assert_eq!(text(1 << 30), "size 1G is the image's size already; give a larger one");
+        assert_eq!(text((1 << 30) + 4096), "size 1048580K is not a multiple of the block size 4M");
+        assert_eq!(
+            text(17 << 50),
+            "size 17P is too large for this image's blocks of 4M (at most 4294967296 blocks: 16P at most; the block size never changes)"
+        );
+        assert!(g.grown(16 << 50).is_ok(), "2^32 blocks is the limit");
+        let huge = Geometry::new(1 << 30, 1 << 30).unwrap();
+        assert!(huge.grown(4 << 60).is_ok());
+        assert!(huge.grown(8 << 60).unwrap_err().to_string().contains("too large"));
+    }
+
+    #[test]
+    fn names_past_the_width_keep_every_digit_and_parse_only_one_way() {
+        // 99999 blocks fit in 5 digits; growing past them keeps width 5.
+        let g = Geometry::with_name_width(200_000 * 4096, 4096, 5).unwrap();
+        assert_eq!(g.block_name(99_998), "blk-99999");
+        assert_eq!(g.block_name(99_999), "blk-100000");
+        assert_eq!(g.block_name(199_999), "blk-200000");
+        for block in [0, 1, 9_999, 99_998, 99_999, 100_000, 123_456, 199_999] {
+            assert_eq!(g.parse_block_name(&g.block_name(block)), Some(block), "{block}");
+        }
+        // Every block has one name: a padded wide name or a short one is
+        // not a block, and neither is a name past the end.
+        for bad in ["blk-0100000", "blk-099999", "blk-000001", "blk-0001", "blk-200001", "blk-00000", "blk-"] {
+            assert_eq!(g.parse_block_name(bad), None, "{bad}");
+        }
+        assert_eq!(g.parse_block_number("blk-200001"), Some(200_000), "in range of a larger image");
+        assert_eq!(g.parse_block_number("blk-99999999999999999999999"), None, "overflows u64");
     }
 
     #[test]

@@ -74,6 +74,25 @@ pub fn match_readahead(mountpoint: &Path, store: &Path) {
 
 pub use crate::options::Access;
 
+/// What the kernel caches of disk.img, told when onefs changes it behind
+/// the kernel's back: its size, when the image grows while mounted.
+pub struct KernelCache(fuser::Notifier);
+
+impl KernelCache {
+    pub fn new(notifier: fuser::Notifier) -> Self {
+        Self(notifier)
+    }
+
+    /// Makes the kernel drop its cached attributes of disk.img (and any
+    /// cached pages from `old_size` on), so that the next `stat`, or the
+    /// loop driver's `LOOP_SET_CAPACITY`, asks onefs for the new size
+    /// instead of waiting out the attribute timeout. A disk.img the kernel
+    /// has not looked up yet has nothing cached: that is no error.
+    pub fn size_changed(&self, old_size: u64) -> io::Result<()> {
+        self.0.inval_inode(DISK_INO, i64::try_from(old_size).unwrap_or(i64::MAX), 0)
+    }
+}
+
 /// What `statfs` reports, in units of onefs blocks.
 pub struct Statfs {
     pub blocks: u64,
@@ -171,7 +190,7 @@ impl Disk {
         size: Option<u64>,
     ) -> Result<FileAttr, Errno> {
         let attr = self.getattr(ino)?;
-        // The size is fixed at creation; owner and mode come from the mount.
+        // The size changes only through onefs grow; owner and mode come from the mount.
         match size {
             Some(s) if s > attr.size => return Err(Errno::EFBIG),
             Some(s) if s < attr.size => return Err(Errno::EPERM),

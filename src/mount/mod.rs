@@ -1,12 +1,13 @@
 //! The life of one mount: checks, lock, FUSE session, readiness, signals,
 //! clean or lazy unmount.
 
+pub mod control;
 pub mod detach;
 
 use crate::config::MountSpec;
 use crate::fuse::ring::ENABLE_KNOB;
 use crate::fuse::ring::{ENTRIES_PER_THREAD, RingMode, Rings, StartError};
-use crate::fuse::{Disk, OnefsFs};
+use crate::fuse::{Disk, KernelCache, OnefsFs};
 use crate::image::Image;
 use crate::mountinfo;
 use crate::probe;
@@ -244,6 +245,7 @@ pub fn serve(spec: &MountSpec, readiness: &mut dyn Readiness) -> anyhow::Result<
     readiness.ready(&format!("mounted {} at {}", mounted.store.display(), mounted.mountpoint.display()));
     let result = run_until_ended(mounted, rx);
     signals_handle.close();
+    control::close();
     result
 }
 
@@ -288,6 +290,8 @@ pub struct Mounted {
     /// A read-only mount leaves the store exactly as it found it.
     read_only: bool,
     stack: crate::compose::Stack,
+    /// Reachable by `onefs grow` through the control socket until finished.
+    control: Option<control::Registration>,
     _lock: StoreLock,
 }
 
@@ -346,6 +350,7 @@ impl Mounted {
 
         let started = Instant::now();
         let described = backing.describe();
+        let meta_place = backing.meta_place();
         let stack = backing.open(&meta, &mountpoint, spec.options.access.read_only)?;
         let image = Arc::new(Image::open(geometry, stack.store.clone())?);
         log::info!(
@@ -384,6 +389,7 @@ impl Mounted {
         // some while mounting others): wait for new workers only.
         let workers_before = fuser_workers();
         let background = session.spawn().context("cannot start FUSE workers")?;
+        let kernel = KernelCache::new(background.notifier());
         let session = std::thread::Builder::new()
             .name("session".into())
             .spawn(move || {
@@ -392,6 +398,15 @@ impl Mounted {
                 result
             })
             .context("cannot start the session thread")?;
+        let growable = control::Growable::new(
+            store.clone(),
+            mountpoint.clone(),
+            image.clone(),
+            kernel,
+            meta_place,
+            meta,
+            spec.options.access.read_only,
+        );
         let mut mounted = Mounted {
             store,
             mountpoint,
@@ -401,6 +416,9 @@ impl Mounted {
             detached: false,
             read_only: spec.options.access.read_only,
             stack,
+            // From the start: the mount is visible (and may be asked to grow)
+            // before this returns.
+            control: Some(control::register(Arc::new(growable))),
             _lock: lock,
         };
 
@@ -574,6 +592,10 @@ impl Mounted {
     /// Waits for the session to end, flushes a last time and releases the
     /// store. Call once `on_end` has run (or after a successful unmount).
     pub fn finish(mut self) -> anyhow::Result<()> {
+        // No grow writes the description once the store is let go of.
+        if let Some(control) = self.control.take() {
+            control.close();
+        }
         let result = match self.session.take().map(|h| h.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(std::io::Error::other("the session thread panicked")),

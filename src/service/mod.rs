@@ -49,18 +49,11 @@ fn notify(states: &[NotifyState]) {
 }
 
 /// The file where a service records the outcome of its reloads, for
-/// `onefs reload` to wait on: `/run/onefs/reload-PID`, or a per-user
-/// directory under the temporary directory when /run is not writable.
+/// `onefs reload` to wait on: `reload-PID` in onefs's runtime directory
+/// (`/run/onefs`, or a per-user directory under the temporary directory when
+/// /run is not writable), beside the control socket `onefs grow` uses.
 pub fn reload_file(pid: u32) -> PathBuf {
-    let run = Path::new("/run/onefs");
-    let dir =
-        if std::fs::create_dir_all(run).is_ok() && nix::unistd::access(run, nix::unistd::AccessFlags::W_OK).is_ok() {
-            run.to_path_buf()
-        } else {
-            std::env::temp_dir().join(format!("onefs-{}", nix::unistd::getuid()))
-        };
-    let _ = std::fs::create_dir_all(&dir);
-    dir.join(format!("reload-{pid}"))
+    crate::mount::control::runtime_dir().join(format!("reload-{pid}"))
 }
 
 /// Reads `GENERATION OK|FAIL MESSAGE` from a reload file.
@@ -375,6 +368,7 @@ pub fn serve(source: Source, cli_level: Option<LevelFilter>) -> anyhow::Result<(
     let result = serve_loop(&mut service, &rx);
     handle.close();
     let _ = std::fs::remove_file(&service.reload_file);
+    crate::mount::control::close();
     result
 }
 

@@ -41,6 +41,9 @@ pub struct DirStore {
     /// Every name is opened relative to this descriptor, never following a
     /// link: renaming the store while mounted changes nothing.
     dir: ConfinedDir,
+    /// Block size and names. Its size is the one at open: an image grown
+    /// while mounted changes neither a name nor the block size, so nothing
+    /// here needs to know.
     geometry: Geometry,
     /// A read-only mount opens block files read-only and writes nothing.
     read_only: bool,
@@ -431,7 +434,9 @@ impl DirStore {
             .entries()?
             .iter()
             .filter(|(name, kind)| {
-                *kind == Kind::File && name.to_str().is_some_and(|n| self.geometry.parse_block_name(n).is_some())
+                // Any size: an image grown while mounted has names past the
+                // end it was opened with.
+                *kind == Kind::File && name.to_str().is_some_and(|n| self.geometry.parse_block_number(n).is_some())
             })
             .count() as u64;
         let stamp = DirStamp::of(self.dir.as_file()).map_err(|e| at(&self.root, e))?;

@@ -48,6 +48,14 @@ journalctl -u onefs@data --no-pager | grep -q "needs a remount" || fail "remount
 is_onefs_mount /srv/onefs/data
 sed -i 's/mode = "0640"/mode = "0660"/' /etc/onefs/data.toml
 
+step "onefs grow: the unit's onefs grows disk.img online, through its control socket"
+out=$(onefs grow --size 3G --definition data) || fail "onefs grow failed: $out"
+[[ "$out" == *"online at /srv/onefs/data: disk.img 2G -> 3G"* ]] || fail "onefs grow said: $out"
+[ "$(stat -c %s /srv/onefs/data/disk.img)" = $((3 << 30)) ] || fail "stat does not show the new size"
+journalctl -u onefs@data --no-pager | grep -q "grew /var/lib/onefs/data at /srv/onefs/data" || fail "no grow in the journal"
+onefs status data | grep -q "disk.img 3G" || fail "status: $(onefs status data)"
+[ "$(systemctl is-active onefs@data)" = active ]
+
 step "one definition, one unit: onefs.service cannot take data while onefs@data runs"
 systemctl start onefs.service
 journalctl -u onefs.service --no-pager | grep -q "data: .*onefs@data.service" || fail "onefs.service does not name the unit holding data"
