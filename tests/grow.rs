@@ -6,7 +6,6 @@
 //! Refusals are in tests/bad_input.rs.
 
 mod common;
-mod remote;
 
 use common::*;
 use std::fs;
@@ -495,7 +494,7 @@ impl Drop for Served {
 #[test]
 fn a_garage_backed_image_grows_online_and_offline() {
     use onefs::backend::ObjectBackend;
-    let garage = remote::Garage::start();
+    let garage = common::remote::Garage::start();
     let s = Scratch::new();
     let (etc, mnt, cache) = (s.dir("etc"), s.dir("mnt"), s.path("cache"));
     let definition = format!(
