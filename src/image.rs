@@ -363,10 +363,13 @@ mod tests {
         let (img, _) = image(4);
         let img = Arc::new(img);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(std::sync::Barrier::new(4));
         let workers: Vec<_> = (0..3u8)
             .map(|t| {
-                let (img, stop) = (img.clone(), stop.clone());
+                let (img, stop, rounds, started) = (img.clone(), stop.clone(), rounds.clone(), started.clone());
                 std::thread::spawn(move || {
+                    started.wait();
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let offset = (n % 4) * BS + u64::from(t) * 100;
@@ -375,13 +378,21 @@ mod tests {
                         img.read(offset, &mut buf).unwrap();
                         assert_eq!(buf, [t + 1; 50]);
                         n += 1;
+                        rounds.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
             .collect();
+        // The grows run while the workers write and read.
+        started.wait();
         for blocks in 5..200 {
             img.grow(blocks * BS).unwrap();
             img.write((blocks - 1) * BS, &[9u8; 10]).unwrap();
+        }
+        // The workers have been round all four blocks before they stop (the
+        // grows may finish before a busy machine ran the workers much).
+        while rounds.load(Ordering::Relaxed) < 3 * 4 * 4 {
+            std::thread::yield_now();
         }
         stop.store(true, Ordering::Relaxed);
         for w in workers {
