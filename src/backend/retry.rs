@@ -275,7 +275,8 @@ mod tests {
                 Err(io::Error::other("down"))
             })
             .unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(150) && calls >= 3, "{calls} calls");
+        // Ended by the budget, not by attempts: a loaded machine may oversleep.
+        assert!(started.elapsed() < Duration::from_secs(2) && calls >= 3, "{calls} calls");
         assert_eq!(err.to_string(), "down (gave up after 100ms)");
     }
 
