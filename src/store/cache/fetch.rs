@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 impl CacheCore {
     /// The verified bytes of a block from the backend.
-    fn fetch(&self, block: u64) -> io::Result<Vec<u8>> {
+    pub(super) fn fetch(&self, block: u64) -> io::Result<Vec<u8>> {
         let key = self.key(block);
         let mut corrupt = 0;
         loop {
@@ -60,9 +60,10 @@ impl CacheCore {
         result.map_err(|e| context(self.block_path(block).display(), e))
     }
 
-    /// A cached, pinned block, fetching it if needed. Without `for_write`, a
-    /// cache full of dirty blocks answers from memory instead of waiting.
-    pub(super) fn get_block(&self, block: u64, for_write: bool) -> io::Result<BlockAt<'_>> {
+    /// A cached, pinned block for reading, fetching it if needed; a cache
+    /// full of dirty blocks answers from memory instead (writes never come
+    /// here: see `overlay.rs`).
+    pub(super) fn get_block(&self, block: u64) -> io::Result<BlockAt<'_>> {
         if let Some(pin) = self.pin_cached(block) {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(BlockAt::Cached(pin));
@@ -74,7 +75,7 @@ impl CacheCore {
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let data = self.fetch(block)?;
-        let (s, room) = self.reserve(self.state(), for_write);
+        let (s, room) = self.reserve(self.state(), false);
         drop(s);
         if !room {
             return Ok(BlockAt::Memory(data));

@@ -51,11 +51,14 @@
 mod config;
 pub mod crc;
 mod fetch;
+mod overlay;
 mod recovery;
 mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_overlay;
 mod uploader;
 
 pub use config::{CacheConfig, Durability};
@@ -101,6 +104,8 @@ struct CacheCore {
     root: ConfinedDir,
     blocks_dir: ConfinedDir,
     journal_dir: ConfinedDir,
+    /// `overlay/`: the new byte ranges of partial blocks (`overlay.rs`).
+    overlay_dir: ConfinedDir,
     tmp_dir: ConfinedDir,
     max_blocks: u64,
     state: Mutex<CacheState>,
@@ -210,7 +215,7 @@ impl CacheCore {
                 }
             });
             let dirs = if names_dirty || vanished.into_inner() {
-                self.journal_dir.sync().and_then(|()| self.blocks_dir.sync())
+                self.journal_dir.sync().and_then(|()| self.overlay_dir.sync()).and_then(|()| self.blocks_dir.sync())
             } else {
                 Ok(())
             };
@@ -311,13 +316,19 @@ impl BlockStore for CacheStore {
     }
 
     fn read_at(&self, block: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        match self.core.get_block(block, false)? {
+        match self.core.get_block(block)? {
             BlockAt::Memory(data) => {
                 let start = offset as usize;
                 buf.copy_from_slice(&data[start..start + buf.len()]);
                 Ok(())
             }
             BlockAt::Cached(_pin) => {
+                // A partial block serves its new ranges; anything else needs its base.
+                if let Some(ranges) = self.core.overlay_of(block)
+                    && !overlay::covers(&ranges, offset, offset + buf.len() as u64)
+                {
+                    self.core.ensure_base(block)?;
+                }
                 let file = self.core.block_file(block, Access::Read)?;
                 crate::store::blockfile::read_or_zeros(&file, offset, buf)
                     .map_err(|e| context(self.core.block_path(block).display(), e))
@@ -329,14 +340,10 @@ impl BlockStore for CacheStore {
         let core = &self.core;
         let path = core.block_path(block);
         if !create {
-            let BlockAt::Cached(pin) = core.get_block(block, true)? else {
-                return Err(eio(format!("{}: no room in the cache", path.display())));
-            };
-            let file = core.block_file(block, Access::ReadWrite)?;
-            file.write_all_at(data, offset).map_err(|e| context(path.display(), e))?;
-            return core.finish_write(block, pin);
+            // Never fetches: an uncached block gets an overlay (`overlay.rs`).
+            return core.modify(block, offset, data.len() as u64, Some(data)).map(drop);
         }
-        // A new block: room first (waiting for uploads if the cache is full of dirty blocks).
+        // A new block: room first (over the bound if the cache is full of dirty blocks).
         let pin = {
             let s = core.state();
             let cached = s.entries.get(&block).is_some_and(|e| e.cached);
@@ -371,27 +378,8 @@ impl BlockStore for CacheStore {
     }
 
     fn zero_range(&self, block: u64, offset: u64, len: u64) -> io::Result<Zeroed> {
-        let core = &self.core;
-        let path = core.block_path(block);
-        let BlockAt::Cached(pin) = core.get_block(block, true)? else {
-            return Err(eio(format!("{}: no room in the cache", path.display())));
-        };
-        let file = core.block_file(block, Access::ReadWrite)?;
-        let punch = nix::fcntl::fallocate(
-            &file,
-            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset as i64,
-            len as i64,
-        );
-        if let Err(errno) = punch {
-            if errno != nix::errno::Errno::EOPNOTSUPP {
-                return Err(context(path.display(), errno.into()));
-            }
-            file.write_all_at(&vec![0u8; len as usize], offset).map_err(|e| context(path.display(), e))?;
-        }
-        let zero = file_is_zero(&file, core.bs()).map_err(|e| context(path.display(), e))?;
-        core.finish_write(block, pin)?;
-        Ok(if zero { Zeroed::AllZero } else { Zeroed::MayHoldData })
+        // An uncached block gets an overlay of zeros (`overlay.rs`).
+        self.core.modify(block, offset, len, None)
     }
 
     fn delete(&self, block: u64) -> io::Result<()> {
@@ -411,6 +399,7 @@ impl BlockStore for CacheStore {
             core.flush.names_dirty.store(true, Ordering::Release);
         }
         lock(&core.unsynced).remove(&block);
+        core.drop_overlay(block)?;
         result
     }
 
