@@ -7,23 +7,27 @@
 //! | `cache.json` | which image and backend the cache belongs to, and its epoch |
 //! | `blocks/blk-N` | cached blocks, raw bytes like a directory store |
 //! | `dirty/blk-N` | journal: block N's local state is newer than the backend (upload the file, or delete the object if the file is gone) |
+//! | `overlay/blk-N` | block N is partial: only these byte ranges of `blocks/blk-N` are its bytes, the rest is its base in the backend, merged in before reads outside them and before the upload (`overlay.rs`) |
 //! | `tmp/` | upload snapshots and fetches in progress (emptied at start) |
 //! | `clean-shutdown` | present only between a clean shutdown and the next start |
 //! | `status.json` | live statistics for `onefs status`, rewritten every second |
 //! | `onefs.lock` | the mount lock, as in a directory store |
 //!
 //! Reads fill the cache; clean blocks are evicted least-recently-used once
-//! the cache holds `size` bytes of blocks. Writes complete locally and mark
-//! the block dirty (creating its journal entry); upload workers send a dirty
-//! block `upload_delay` after it was first dirtied (rewrites in between
-//! coalesce), as one whole object with a CRC-32C trailer ([`crc`]). A block
-//! deleted locally deletes its object. Dirty blocks are never evicted: when
-//! the cache is full of them, writers wait for uploads.
+//! the cache holds `size` bytes of blocks. Writes complete locally, never
+//! waiting for the backend (a write into an uncached block fetches nothing:
+//! see `overlay.rs`), and mark the block dirty (creating its journal
+//! entry); upload workers send a dirty block `upload_delay` after it was
+//! first dirtied (rewrites in between coalesce), as one whole object with a
+//! CRC-32C trailer ([`crc`]). A block deleted locally deletes its object. Dirty blocks are never evicted: when
+//! the cache is full of them, it goes over its size (logged once; uploads
+//! are then urgent) and shrinks back as they are uploaded. The size bounds
+//! clean blocks; the local disk bounds dirty ones.
 //!
 //! Durability: with [`Durability::Local`], `sync` fsyncs the cached blocks
-//! and the journal; after a crash the journal's blocks are uploaded on the
-//! next start, and every other cached block is dropped (it may hold writes
-//! that were never synced). With [`Durability::Remote`], `sync` returns once
+//! and the journal (with the overlay records); after a crash the journal's
+//! blocks are uploaded on the next start, and every other cached block is
+//! dropped (it may hold writes that were never synced). With [`Durability::Remote`], `sync` returns once
 //! every block dirtied before it is in the backend.
 //!
 //! A snapshot of a block is copied to `tmp/` before it is uploaded; each
@@ -43,6 +47,7 @@
 //! | `config.rs` | [`CacheConfig`] and [`Durability`] |
 //! | `state.rs` | the per-block entries, the LRU, pins, room in the cache, marking blocks dirty |
 //! | `fetch.rs` | filling the cache from the backend |
+//! | `overlay.rs` | writes that never fetch: partial blocks, merging their base |
 //! | `uploader.rs` | upload workers, waiting for uploads |
 //! | `recovery.rs` | `CacheStore::open`: what it keeps of the cache directory it finds |
 //! | `stats.rs` | [`CacheStats`], counters, `status.json` |

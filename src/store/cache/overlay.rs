@@ -264,19 +264,26 @@ impl CacheCore {
     }
 
     /// Merges the base from the backend into a partial block (no fetch if
-    /// its ranges cover it); nothing to do for any other block.
+    /// its ranges cover it); nothing to do for any other block. The base is
+    /// fetched without the stripe lock: writers of the block (and of the
+    /// other blocks of its stripe) never wait for the backend; the merge
+    /// itself, under the lock, fills the gaps of the ranges as they are then
+    /// (ranges only grow, so the fetched base covers them).
     pub(super) fn ensure_base(&self, block: u64) -> io::Result<()> {
-        if self.overlay_of(block).is_none() {
-            return Ok(());
-        }
-        let _stripe = lock(self.stripe(block));
+        let Some(ranges) = self.overlay_of(block) else { return Ok(()) };
         let Some(pin) = self.pin_cached(block) else { return Ok(()) };
+        let base = if covers(&ranges, 0, self.bs()) {
+            None
+        } else {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+            Some(self.fetch(block)?)
+        };
+        let _stripe = lock(self.stripe(block));
+        // Merged meanwhile by another reader or the uploader.
         let Some(ranges) = self.overlay_of(block) else { return Ok(()) };
         let path = self.block_path(block);
         let holes = gaps(&ranges, self.bs());
-        if !holes.is_empty() {
-            self.counters.misses.fetch_add(1, Ordering::Relaxed);
-            let base = self.fetch(block)?;
+        if let Some(base) = base.as_deref().filter(|_| !holes.is_empty()) {
             let file = self.block_file(block, Access::ReadWrite)?;
             for (start, end) in holes {
                 // The file is a hole there: only non-zero pieces are written.
