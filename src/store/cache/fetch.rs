@@ -2,14 +2,14 @@
 //! backend, checked against its CRC-32C trailer and installed in `blocks/`.
 
 use super::state::{BlockAt, BlockEntry, PinnedBlock};
-use super::{CacheCore, FETCH_STRIPES, crc, eio};
+use super::{CacheCore, crc, eio};
 use crate::confined::Access;
 use crate::core::is_zero;
 use crate::errors::context;
-use crate::sync::lock;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 impl CacheCore {
     /// The verified bytes of a block from the backend.
@@ -64,15 +64,21 @@ impl CacheCore {
     /// full of dirty blocks answers from memory instead (writes never come
     /// here: see `overlay.rs`).
     pub(super) fn get_block(&self, block: u64) -> io::Result<BlockAt<'_>> {
-        if let Some(pin) = self.pin_cached(block) {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(BlockAt::Cached(pin));
+        // One fetch of a block at a time; nothing else waits for it (no
+        // lock shared with other blocks is held while the backend answers).
+        let mut s = self.state();
+        loop {
+            if let Some(pin) = self.pin_in(&mut s, block) {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(BlockAt::Cached(pin));
+            }
+            if s.fetching.insert(block) {
+                break;
+            }
+            s = self.wait(s, Duration::from_millis(100));
         }
-        let _fetching = lock(&self.fetch_locks[block as usize % FETCH_STRIPES]);
-        if let Some(pin) = self.pin_cached(block) {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(BlockAt::Cached(pin));
-        }
+        drop(s);
+        let _claim = FetchClaim { core: self, block };
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let data = self.fetch(block)?;
         let (s, room) = self.reserve(self.state(), false);
@@ -93,6 +99,22 @@ impl CacheCore {
         if clean {
             s.lru_insert(block);
         }
+        // Before the claim goes (it locks the state).
+        drop(s);
         Ok(BlockAt::Cached(PinnedBlock { core: self, block }))
+    }
+}
+
+/// A reader's fetch of a block in progress (`CacheState::fetching`);
+/// dropped once the block is installed, or the fetch failed.
+struct FetchClaim<'a> {
+    core: &'a CacheCore,
+    block: u64,
+}
+
+impl Drop for FetchClaim<'_> {
+    fn drop(&mut self) {
+        self.core.state().fetching.remove(&self.block);
+        self.core.changed.notify_all();
     }
 }

@@ -115,6 +115,9 @@ struct CacheCore {
     max_blocks: u64,
     state: Mutex<CacheState>,
     changed: Condvar,
+    /// Lock stripes serializing, per block, the first write into an
+    /// uncached block, writes into partial blocks and merges of their base
+    /// (`overlay.rs`); never held while the backend answers.
     fetch_locks: Box<[Mutex<()>]>,
     /// Blocks written since the last local sync.
     unsynced: Mutex<HashSet<u64>>,

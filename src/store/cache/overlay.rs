@@ -157,6 +157,10 @@ impl CacheCore {
     /// existing block without fetching it: the one write path for
     /// `write_at` of an existing block and `zero_range`.
     pub(super) fn modify(&self, block: u64, offset: u64, len: u64, data: Option<&[u8]>) -> io::Result<Zeroed> {
+        // Nothing to write (and no empty range ever goes into a record).
+        if len == 0 {
+            return Ok(Zeroed::MayHoldData);
+        }
         // Fast path: a cached block that is not partial never becomes
         // partial while pinned (only uncached blocks do).
         if let Some(pin) = self.pin_cached(block) {
@@ -165,13 +169,29 @@ impl CacheCore {
             }
             drop(pin);
         }
-        // Partial or uncached: serialized with fetches and merges of the block.
-        let _stripe = lock(self.stripe(block));
-        if let Some(pin) = self.pin_cached(block) {
-            let ranges = self.overlay_of(block);
-            return self.apply(pin, offset, len, data, ranges);
+        loop {
+            // A reader fetching the block would install it over a file made
+            // here: wait for it (it ends within `retry_timeout`) without the
+            // stripe lock, so the stripe's other blocks never wait for it.
+            self.wait_fetched(block);
+            // Partial or uncached: serialized with other writes into it and
+            // with merges of its base.
+            let _stripe = lock(self.stripe(block));
+            if let Some(pin) = self.pin_cached(block) {
+                let ranges = self.overlay_of(block);
+                return self.apply(pin, offset, len, data, ranges);
+            }
+            if let Some(done) = self.create_overlay(block, offset, len, data) {
+                return done;
+            }
         }
-        self.create_overlay(block, offset, len, data)
+    }
+
+    fn wait_fetched(&self, block: u64) {
+        let mut s = self.state();
+        while s.fetching.contains(&block) {
+            s = self.wait(s, std::time::Duration::from_millis(100));
+        }
     }
 
     /// Writes into a cached block (partial when `ranges` is given, with the
@@ -215,10 +235,16 @@ impl CacheCore {
     /// The first write into a block that is not cached: its file holds just
     /// the new bytes; unless they cover the block, a record says which.
     /// Never waits for the backend nor for room (see `reserve`).
-    fn create_overlay(&self, block: u64, offset: u64, len: u64, data: Option<&[u8]>) -> io::Result<Zeroed> {
+    /// `None` if a reader started fetching the block, or installed it,
+    /// since the caller looked: it waits for that and tries again.
+    fn create_overlay(&self, block: u64, offset: u64, len: u64, data: Option<&[u8]>) -> Option<io::Result<Zeroed>> {
         let whole = offset == 0 && len == self.bs();
         let pin = {
-            let (mut s, _) = self.reserve(self.state(), true);
+            let s = self.state();
+            if s.fetching.contains(&block) || s.entries.get(&block).is_some_and(|e| e.cached) {
+                return None;
+            }
+            let (mut s, _) = self.reserve(s, true);
             let seq = s.seq;
             let e = s.entries.entry(block).or_insert_with(|| BlockEntry::new(seq));
             e.cached = true;
@@ -252,15 +278,14 @@ impl CacheCore {
             drop(s);
             drop(pin);
             self.state().forget_if_idle(block);
-            return Err(err);
+            return Some(Err(err));
         }
         self.flush.names_dirty.store(true, Ordering::Release);
         if let Some(e) = self.state().entries.get_mut(&block) {
             e.overlay = if whole { None } else { Some(ranges) };
         }
         let zeroed = if whole && data.is_none_or(is_zero) { Zeroed::AllZero } else { Zeroed::MayHoldData };
-        self.finish_write(block, pin)?;
-        Ok(zeroed)
+        Some(self.finish_write(block, pin).map(|()| zeroed))
     }
 
     /// Merges the base from the backend into a partial block (no fetch if
@@ -270,6 +295,11 @@ impl CacheCore {
     /// itself, under the lock, fills the gaps of the ranges as they are then
     /// (ranges only grow, so the fetched base covers them).
     pub(super) fn ensure_base(&self, block: u64) -> io::Result<()> {
+        if self.overlay_of(block).is_some_and(|r| r.is_empty()) {
+            // Being made by a first write (which holds the stripe lock):
+            // once it is done, the block may need no base at all.
+            drop(lock(self.stripe(block)));
+        }
         let Some(ranges) = self.overlay_of(block) else { return Ok(()) };
         let Some(pin) = self.pin_cached(block) else { return Ok(()) };
         let base = if covers(&ranges, 0, self.bs()) {

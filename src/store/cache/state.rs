@@ -8,7 +8,7 @@
 use super::CacheCore;
 use crate::confined::Access;
 use crate::sync::lock;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
@@ -87,6 +87,10 @@ pub(super) struct CacheState {
     /// Waits for uploads begun: a new one ends the workers' pauses.
     pub syncs_started: u64,
     pub stop: bool,
+    /// Blocks a reader is fetching into the cache: other readers wait for
+    /// it, and so does the first write into it (which would otherwise be
+    /// replaced by the install).
+    pub fetching: HashSet<u64>,
 }
 
 impl CacheState {
@@ -144,7 +148,11 @@ pub(super) enum BlockAt<'a> {
 
 impl CacheCore {
     pub(super) fn pin_cached(&self, block: u64) -> Option<PinnedBlock<'_>> {
-        let mut s = self.state();
+        self.pin_in(&mut self.state(), block)
+    }
+
+    /// `pin_cached` with the state already locked.
+    pub(super) fn pin_in(&self, s: &mut CacheState, block: u64) -> Option<PinnedBlock<'_>> {
         let e = s.entries.get_mut(&block)?;
         if !e.cached {
             return None;
