@@ -9,7 +9,8 @@ use crate::meta::Meta;
 use std::time::Instant;
 
 const BS: u64 = 64 << 10;
-const BLOCKS: u64 = 8;
+/// Past `FETCH_STRIPES`: blocks 0 and 64 share a lock stripe.
+const BLOCKS: u64 = 80;
 
 struct Stack {
     backend: Arc<FaultyBackend<MemBackend>>,
@@ -195,11 +196,12 @@ fn a_journaled_overlay_whose_file_was_lost_leaves_the_backend_copy() {
 #[test]
 fn a_full_cache_during_an_outage_never_makes_writers_wait() {
     let t = Stack::new();
-    t.remote_blocks(BLOCKS);
+    const N: u64 = 8;
+    t.remote_blocks(N);
     let store = t.open("cache", 2);
     t.backend.set_down(true);
     let started = Instant::now();
-    for b in 0..BLOCKS {
+    for b in 0..N {
         store.write_at(b, 64, &[b as u8 + 1; 64], false).unwrap();
     }
     assert!(started.elapsed() < Duration::from_secs(2), "writers waited for the backend");
@@ -213,9 +215,32 @@ fn a_full_cache_during_an_outage_never_makes_writers_wait() {
         std::thread::sleep(Duration::from_millis(10));
     }
     store.close().unwrap();
-    for b in 0..BLOCKS {
+    for b in 0..N {
         let mut want = pattern(b as u8);
         want[64..128].fill(b as u8 + 1);
         assert_eq!(t.from_backend(b), want, "block {b}");
     }
+}
+
+#[test]
+fn a_first_write_never_waits_for_a_fetch_of_another_block_of_its_stripe() {
+    let t = Stack::new();
+    t.remote_blocks(FETCH_STRIPES as u64 + 1);
+    let store = t.open("cache", 4);
+    t.backend.set_down(true);
+    std::thread::scope(|scope| {
+        // A read of uncached block 0 retries for `retry_timeout` (300 ms), then fails.
+        let reader = scope.spawn(|| store.read_at(0, 0, &mut [0u8; 16]));
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        store.write_at(FETCH_STRIPES as u64, 10, &[1u8; 10], false).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(150), "the write waited for the read's fetch");
+        assert!(reader.join().unwrap().is_err());
+    });
+    t.backend.set_down(false);
+    store.flush().unwrap();
+    store.close().unwrap();
+    let mut want = pattern(FETCH_STRIPES as u8);
+    want[10..20].fill(1);
+    assert_eq!(t.from_backend(FETCH_STRIPES as u64), want);
 }
