@@ -244,3 +244,55 @@ fn a_first_write_never_waits_for_a_fetch_of_another_block_of_its_stripe() {
     want[10..20].fill(1);
     assert_eq!(t.from_backend(FETCH_STRIPES as u64), want);
 }
+
+#[test]
+fn an_overlay_record_without_its_journal_entry_is_dropped_at_the_start() {
+    let t = Stack::new();
+    t.remote_blocks(2);
+    let store = t.open("cache", 4);
+    t.backend.set_down(true);
+    store.write_at(1, 5, &[0x5A; 20], false).unwrap();
+    drop(store);
+    // A power cut before any sync: the record made it, the journal entry did not.
+    let config = t.config("cache", 4);
+    let name = t.meta.geometry().unwrap().block_name(1);
+    std::fs::remove_file(config.dir.join("dirty").join(&name)).unwrap();
+    t.backend.set_down(false);
+    let store = t.open("cache", 4);
+    assert!(!config.dir.join("overlay").join(&name).exists());
+    let mut whole = vec![0u8; BS as usize];
+    store.read_at(1, 0, &mut whole).unwrap();
+    assert_eq!(whole, pattern(1));
+    store.close().unwrap();
+}
+
+#[test]
+fn a_damaged_or_linked_overlay_record_is_refused_never_followed() {
+    let t = Stack::new();
+    t.remote_blocks(2);
+    let store = t.open("cache", 4);
+    t.backend.set_down(true);
+    store.write_at(1, 5, &[0x5A; 20], false).unwrap();
+    drop(store);
+    t.backend.set_down(false);
+    let config = t.config("cache", 4);
+    let record = config.dir.join("overlay").join(t.meta.geometry().unwrap().block_name(1));
+    std::fs::write(&record, b"onefs-overlay 1\n5 999999999\n").unwrap();
+    let err = CacheStore::open(t.backend.clone(), &t.meta, &config).err().unwrap();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    std::fs::remove_file(&record).unwrap();
+    let elsewhere = t.dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"onefs-overlay 1\n5 25\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &record).unwrap();
+    assert!(CacheStore::open(t.backend.clone(), &t.meta, &config).is_err());
+    // Put right by hand, the cache serves again.
+    std::fs::remove_file(&record).unwrap();
+    std::fs::write(&record, b"onefs-overlay 1\n5 25\n").unwrap();
+    let store = t.open("cache", 4);
+    let mut whole = vec![0u8; BS as usize];
+    store.read_at(1, 0, &mut whole).unwrap();
+    let mut want = pattern(1);
+    want[5..25].fill(0x5A);
+    assert_eq!(whole, want);
+    store.close().unwrap();
+}
