@@ -25,8 +25,8 @@ impl Durability {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     pub dir: PathBuf,
-    /// Bytes of blocks the cache may hold (dirty blocks may exceed it only
-    /// while writers wait).
+    /// Bytes of clean blocks the cache holds; dirty blocks go past it while
+    /// uploads cannot drain (writers never wait for the backend).
     pub size: u64,
     pub durability: Durability,
     pub upload_workers: usize,

@@ -2,18 +2,18 @@
 //! backend, checked against its CRC-32C trailer and installed in `blocks/`.
 
 use super::state::{BlockAt, BlockEntry, PinnedBlock};
-use super::{CacheCore, FETCH_STRIPES, crc, eio};
+use super::{CacheCore, crc, eio};
 use crate::confined::Access;
 use crate::core::is_zero;
 use crate::errors::context;
-use crate::sync::lock;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 impl CacheCore {
     /// The verified bytes of a block from the backend.
-    fn fetch(&self, block: u64) -> io::Result<Vec<u8>> {
+    pub(super) fn fetch(&self, block: u64) -> io::Result<Vec<u8>> {
         let key = self.key(block);
         let mut corrupt = 0;
         loop {
@@ -60,21 +60,28 @@ impl CacheCore {
         result.map_err(|e| context(self.block_path(block).display(), e))
     }
 
-    /// A cached, pinned block, fetching it if needed. Without `for_write`, a
-    /// cache full of dirty blocks answers from memory instead of waiting.
-    pub(super) fn get_block(&self, block: u64, for_write: bool) -> io::Result<BlockAt<'_>> {
-        if let Some(pin) = self.pin_cached(block) {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(BlockAt::Cached(pin));
+    /// A cached, pinned block for reading, fetching it if needed; a cache
+    /// full of dirty blocks answers from memory instead (writes never come
+    /// here: see `overlay.rs`).
+    pub(super) fn get_block(&self, block: u64) -> io::Result<BlockAt<'_>> {
+        // One fetch of a block at a time; nothing else waits for it (no
+        // lock shared with other blocks is held while the backend answers).
+        let mut s = self.state();
+        loop {
+            if let Some(pin) = self.pin_in(&mut s, block) {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(BlockAt::Cached(pin));
+            }
+            if s.fetching.insert(block) {
+                break;
+            }
+            s = self.wait(s, Duration::from_millis(100));
         }
-        let _fetching = lock(&self.fetch_locks[block as usize % FETCH_STRIPES]);
-        if let Some(pin) = self.pin_cached(block) {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(BlockAt::Cached(pin));
-        }
+        drop(s);
+        let _claim = FetchClaim { core: self, block };
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let data = self.fetch(block)?;
-        let (s, room) = self.reserve(self.state(), for_write);
+        let (s, room) = self.reserve(self.state(), false);
         drop(s);
         if !room {
             return Ok(BlockAt::Memory(data));
@@ -92,6 +99,22 @@ impl CacheCore {
         if clean {
             s.lru_insert(block);
         }
+        // Before the claim goes (it locks the state).
+        drop(s);
         Ok(BlockAt::Cached(PinnedBlock { core: self, block }))
+    }
+}
+
+/// A reader's fetch of a block in progress (`CacheState::fetching`);
+/// dropped once the block is installed, or the fetch failed.
+struct FetchClaim<'a> {
+    core: &'a CacheCore,
+    block: u64,
+}
+
+impl Drop for FetchClaim<'_> {
+    fn drop(&mut self) {
+        self.core.state().fetching.remove(&self.block);
+        self.core.changed.notify_all();
     }
 }

@@ -7,23 +7,27 @@
 //! | `cache.json` | which image and backend the cache belongs to, and its epoch |
 //! | `blocks/blk-N` | cached blocks, raw bytes like a directory store |
 //! | `dirty/blk-N` | journal: block N's local state is newer than the backend (upload the file, or delete the object if the file is gone) |
+//! | `overlay/blk-N` | block N is partial: only these byte ranges of `blocks/blk-N` are its bytes, the rest is its base in the backend, merged in before reads outside them and before the upload (`overlay.rs`) |
 //! | `tmp/` | upload snapshots and fetches in progress (emptied at start) |
 //! | `clean-shutdown` | present only between a clean shutdown and the next start |
 //! | `status.json` | live statistics for `onefs status`, rewritten every second |
 //! | `onefs.lock` | the mount lock, as in a directory store |
 //!
 //! Reads fill the cache; clean blocks are evicted least-recently-used once
-//! the cache holds `size` bytes of blocks. Writes complete locally and mark
-//! the block dirty (creating its journal entry); upload workers send a dirty
-//! block `upload_delay` after it was first dirtied (rewrites in between
-//! coalesce), as one whole object with a CRC-32C trailer ([`crc`]). A block
-//! deleted locally deletes its object. Dirty blocks are never evicted: when
-//! the cache is full of them, writers wait for uploads.
+//! the cache holds `size` bytes of blocks. Writes complete locally, never
+//! waiting for the backend (a write into an uncached block fetches nothing:
+//! see `overlay.rs`), and mark the block dirty (creating its journal
+//! entry); upload workers send a dirty block `upload_delay` after it was
+//! first dirtied (rewrites in between coalesce), as one whole object with a
+//! CRC-32C trailer ([`crc`]). A block deleted locally deletes its object. Dirty blocks are never evicted: when
+//! the cache is full of them, it goes over its size (logged once; uploads
+//! are then urgent) and shrinks back as they are uploaded. The size bounds
+//! clean blocks; the local disk bounds dirty ones.
 //!
 //! Durability: with [`Durability::Local`], `sync` fsyncs the cached blocks
-//! and the journal; after a crash the journal's blocks are uploaded on the
-//! next start, and every other cached block is dropped (it may hold writes
-//! that were never synced). With [`Durability::Remote`], `sync` returns once
+//! and the journal (with the overlay records); after a crash the journal's
+//! blocks are uploaded on the next start, and every other cached block is
+//! dropped (it may hold writes that were never synced). With [`Durability::Remote`], `sync` returns once
 //! every block dirtied before it is in the backend.
 //!
 //! A snapshot of a block is copied to `tmp/` before it is uploaded; each
@@ -43,6 +47,7 @@
 //! | `config.rs` | [`CacheConfig`] and [`Durability`] |
 //! | `state.rs` | the per-block entries, the LRU, pins, room in the cache, marking blocks dirty |
 //! | `fetch.rs` | filling the cache from the backend |
+//! | `overlay.rs` | writes that never fetch: partial blocks, merging their base |
 //! | `uploader.rs` | upload workers, waiting for uploads |
 //! | `recovery.rs` | `CacheStore::open`: what it keeps of the cache directory it finds |
 //! | `stats.rs` | [`CacheStats`], counters, `status.json` |
@@ -51,11 +56,14 @@
 mod config;
 pub mod crc;
 mod fetch;
+mod overlay;
 mod recovery;
 mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_overlay;
 mod uploader;
 
 pub use config::{CacheConfig, Durability};
@@ -101,10 +109,15 @@ struct CacheCore {
     root: ConfinedDir,
     blocks_dir: ConfinedDir,
     journal_dir: ConfinedDir,
+    /// `overlay/`: the new byte ranges of partial blocks (`overlay.rs`).
+    overlay_dir: ConfinedDir,
     tmp_dir: ConfinedDir,
     max_blocks: u64,
     state: Mutex<CacheState>,
     changed: Condvar,
+    /// Lock stripes serializing, per block, the first write into an
+    /// uncached block, writes into partial blocks and merges of their base
+    /// (`overlay.rs`); never held while the backend answers.
     fetch_locks: Box<[Mutex<()>]>,
     /// Blocks written since the last local sync.
     unsynced: Mutex<HashSet<u64>>,
@@ -210,7 +223,7 @@ impl CacheCore {
                 }
             });
             let dirs = if names_dirty || vanished.into_inner() {
-                self.journal_dir.sync().and_then(|()| self.blocks_dir.sync())
+                self.journal_dir.sync().and_then(|()| self.overlay_dir.sync()).and_then(|()| self.blocks_dir.sync())
             } else {
                 Ok(())
             };
@@ -311,13 +324,19 @@ impl BlockStore for CacheStore {
     }
 
     fn read_at(&self, block: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        match self.core.get_block(block, false)? {
+        match self.core.get_block(block)? {
             BlockAt::Memory(data) => {
                 let start = offset as usize;
                 buf.copy_from_slice(&data[start..start + buf.len()]);
                 Ok(())
             }
             BlockAt::Cached(_pin) => {
+                // A partial block serves its new ranges; anything else needs its base.
+                if let Some(ranges) = self.core.overlay_of(block)
+                    && !overlay::covers(&ranges, offset, offset + buf.len() as u64)
+                {
+                    self.core.ensure_base(block)?;
+                }
                 let file = self.core.block_file(block, Access::Read)?;
                 crate::store::blockfile::read_or_zeros(&file, offset, buf)
                     .map_err(|e| context(self.core.block_path(block).display(), e))
@@ -329,14 +348,10 @@ impl BlockStore for CacheStore {
         let core = &self.core;
         let path = core.block_path(block);
         if !create {
-            let BlockAt::Cached(pin) = core.get_block(block, true)? else {
-                return Err(eio(format!("{}: no room in the cache", path.display())));
-            };
-            let file = core.block_file(block, Access::ReadWrite)?;
-            file.write_all_at(data, offset).map_err(|e| context(path.display(), e))?;
-            return core.finish_write(block, pin);
+            // Never fetches: an uncached block gets an overlay (`overlay.rs`).
+            return core.modify(block, offset, data.len() as u64, Some(data)).map(drop);
         }
-        // A new block: room first (waiting for uploads if the cache is full of dirty blocks).
+        // A new block: room first (over the bound if the cache is full of dirty blocks).
         let pin = {
             let s = core.state();
             let cached = s.entries.get(&block).is_some_and(|e| e.cached);
@@ -371,27 +386,8 @@ impl BlockStore for CacheStore {
     }
 
     fn zero_range(&self, block: u64, offset: u64, len: u64) -> io::Result<Zeroed> {
-        let core = &self.core;
-        let path = core.block_path(block);
-        let BlockAt::Cached(pin) = core.get_block(block, true)? else {
-            return Err(eio(format!("{}: no room in the cache", path.display())));
-        };
-        let file = core.block_file(block, Access::ReadWrite)?;
-        let punch = nix::fcntl::fallocate(
-            &file,
-            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset as i64,
-            len as i64,
-        );
-        if let Err(errno) = punch {
-            if errno != nix::errno::Errno::EOPNOTSUPP {
-                return Err(context(path.display(), errno.into()));
-            }
-            file.write_all_at(&vec![0u8; len as usize], offset).map_err(|e| context(path.display(), e))?;
-        }
-        let zero = file_is_zero(&file, core.bs()).map_err(|e| context(path.display(), e))?;
-        core.finish_write(block, pin)?;
-        Ok(if zero { Zeroed::AllZero } else { Zeroed::MayHoldData })
+        // An uncached block gets an overlay of zeros (`overlay.rs`).
+        self.core.modify(block, offset, len, None)
     }
 
     fn delete(&self, block: u64) -> io::Result<()> {
@@ -411,6 +407,7 @@ impl BlockStore for CacheStore {
             core.flush.names_dirty.store(true, Ordering::Release);
         }
         lock(&core.unsynced).remove(&block);
+        core.drop_overlay(block)?;
         result
     }
 

@@ -2,6 +2,7 @@
 //! it finds (the journal, cached blocks, `cache.json`, the backend's epoch)
 //! before serving.
 
+use super::overlay::{self, Ranges};
 use super::state::{BlockEntry, CacheState};
 use super::stats::Counters;
 use super::{CACHE_INFO, CLEAN_SHUTDOWN, CacheConfig, CacheCore, CacheStore, EPOCH_KEY, FETCH_STRIPES, write_atomic};
@@ -11,7 +12,7 @@ use crate::core::Geometry;
 use crate::errors::context;
 use crate::meta::Meta;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -59,6 +60,7 @@ struct CacheDirs {
     root: ConfinedDir,
     blocks: ConfinedDir,
     journal: ConfinedDir,
+    overlay: ConfinedDir,
     tmp: ConfinedDir,
 }
 
@@ -75,13 +77,15 @@ impl CacheStore {
             ));
         }
         let dirs = open_dirs(&config.dir)?;
-        let journal = read_journal(&dirs.journal, &geometry)?;
+        let mut journal = read_journal(&dirs.journal, &geometry)?;
+        let overlays = read_overlays(&dirs.overlay, &geometry)?;
         let was_clean = take_clean_shutdown(&dirs.root)?;
         let own_info = read_own_info(&dirs.root, &journal, meta, &config.dir, &*backend)?;
         let core = CacheCore::new(backend, geometry, config, dirs);
         let keep_clean = core.may_keep_clean_blocks(was_clean, own_info.as_ref(), &journal)?;
-        let cached = core.keep_cached_blocks(&journal, keep_clean)?;
-        core.rebuild_state(&cached, &journal);
+        let mut cached = core.keep_cached_blocks(&journal, keep_clean)?;
+        let overlays = core.keep_overlays(overlays, &mut journal, &mut cached)?;
+        core.rebuild_state(&cached, &journal, overlays);
         core.claim_store(meta)?;
         let core = Arc::new(core);
         let threads = start_threads(&core)?;
@@ -95,13 +99,14 @@ fn open_dirs(dir: &Path) -> io::Result<CacheDirs> {
     let root = ConfinedDir::open(dir)?;
     let blocks = root.create_subdir("blocks", 0o700)?;
     let journal = root.create_subdir("dirty", 0o700)?;
+    let overlay = root.create_subdir("overlay", 0o700)?;
     let tmp = root.create_subdir("tmp", 0o700)?;
     for (name, _) in tmp.entries()? {
         if let Some(name) = name.to_str() {
             let _ = tmp.remove(name);
         }
     }
-    Ok(CacheDirs { root, blocks, journal, tmp })
+    Ok(CacheDirs { root, blocks, journal, overlay, tmp })
 }
 
 /// The blocks named in `dirty/`: not yet in the backend. Only the cache's
@@ -120,6 +125,30 @@ fn read_journal(journal: &ConfinedDir, geometry: &Geometry) -> io::Result<HashSe
         blocks.insert(block);
     }
     Ok(blocks)
+}
+
+/// The records of `overlay/`: the new ranges of partial blocks. Untrusted
+/// like the journal: only the cache's own names, regular files, well-formed
+/// records; leftovers of a replacement cut short (`.blk-N.tmp`) are removed.
+fn read_overlays(dir: &ConfinedDir, geometry: &Geometry) -> io::Result<HashMap<u64, Ranges>> {
+    let mut records = HashMap::new();
+    for (name, kind) in dir.entries()? {
+        let path = dir.path().join(&name);
+        let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        let Some(name) = name.to_str() else { return Err(invalid("not a block of this image")) };
+        if name.starts_with('.') && name.ends_with(".tmp") && kind == Kind::File {
+            dir.remove(name)?;
+            continue;
+        }
+        let block = geometry.parse_block_name(name).ok_or_else(|| invalid("not a block of this image"))?;
+        if kind != Kind::File {
+            return Err(crate::confined::not_a_file(&path, kind));
+        }
+        let text = dir.read_small(name, overlay::RECORD_CAP)?;
+        let ranges = overlay::decode(&text, geometry.block_size()).ok_or_else(|| invalid("not an overlay record"))?;
+        records.insert(block, ranges);
+    }
+    Ok(records)
 }
 
 /// Whether the last shutdown was clean; removes the mark (durably), so a
@@ -193,6 +222,7 @@ impl CacheCore {
             root: dirs.root,
             blocks_dir: dirs.blocks,
             journal_dir: dirs.journal,
+            overlay_dir: dirs.overlay,
             tmp_dir: dirs.tmp,
             config: config.clone(),
             backend,
@@ -268,10 +298,54 @@ impl CacheCore {
         Ok(kept.into_iter().map(|(_, block)| block).collect())
     }
 
+    /// The overlay records that still describe a partial block: journaled
+    /// and cached. A record without a journal entry is from a first write
+    /// that never completed: removed (with its file). A journaled record
+    /// whose file is gone is an unsynced first write whose data did not
+    /// survive: record and journal entry are dropped, the block is the
+    /// backend's (see `overlay.rs` for why no other state can occur).
+    fn keep_overlays(
+        &self,
+        records: HashMap<u64, Ranges>,
+        journal: &mut HashSet<u64>,
+        cached: &mut Vec<u64>,
+    ) -> io::Result<HashMap<u64, Ranges>> {
+        let mut kept = HashMap::new();
+        let mut removed = false;
+        for (block, ranges) in records {
+            let name = self.name(block);
+            let is_cached = cached.contains(&block);
+            if journal.contains(&block) && is_cached {
+                kept.insert(block, ranges);
+                continue;
+            }
+            if journal.remove(&block) {
+                log::warn!(
+                    "{}: the unsynced first write into block {} was lost in a crash; the backend's copy stands",
+                    self.config.dir.display(),
+                    block + 1
+                );
+                self.journal_dir.remove(&name)?;
+            }
+            if is_cached {
+                self.blocks_dir.remove(&name)?;
+                cached.retain(|b| *b != block);
+            }
+            self.overlay_dir.remove(&name)?;
+            removed = true;
+        }
+        if removed {
+            self.blocks_dir.sync()?;
+            self.journal_dir.sync()?;
+            self.overlay_dir.sync()?;
+        }
+        Ok(kept)
+    }
+
     /// Entries for the cached blocks (clean ones in the LRU) and the
     /// journal's (dirty, queued for upload); evicts clean blocks beyond the
     /// size, which may be smaller than last time.
-    fn rebuild_state(&self, cached: &[u64], journal: &HashSet<u64>) {
+    fn rebuild_state(&self, cached: &[u64], journal: &HashSet<u64>, mut overlays: HashMap<u64, Ranges>) {
         let mut s = self.state();
         for &block in cached {
             s.seq += 1;
@@ -294,6 +368,7 @@ impl CacheCore {
             e.queued = true;
             e.generation = seq;
             e.synced_gen = 0;
+            e.overlay = overlays.remove(&block);
             s.dirty_blocks += 1;
             s.queue.push_back(block);
         }

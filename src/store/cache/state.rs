@@ -8,11 +8,11 @@
 use super::CacheCore;
 use crate::confined::Access;
 use crate::sync::lock;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What the cache knows of one block that is cached, dirty or in use
 /// (blocks that are none of these have no entry).
@@ -37,6 +37,9 @@ pub(super) struct BlockEntry {
     pub pins: u32,
     /// Position in the LRU of evictable (clean, cached) blocks.
     pub lru_tick: Option<u64>,
+    /// Partial: only these byte ranges of the file are the block's, the
+    /// rest is its base in the backend (`overlay.rs`).
+    pub overlay: Option<super::overlay::Ranges>,
 }
 
 impl BlockEntry {
@@ -52,6 +55,7 @@ impl BlockEntry {
             dirty_since: Instant::now(),
             pins: 0,
             lru_tick: None,
+            overlay: None,
         }
     }
 }
@@ -73,8 +77,9 @@ pub(super) struct CacheState {
     pub queue: VecDeque<u64>,
     /// Threads waiting for every dirty block to be uploaded (no delay then).
     pub flushers: u32,
-    /// Writers waiting for room in the cache (no delay then either).
-    pub space_waiters: u32,
+    /// More blocks cached than the size allows (dirty ones the backend
+    /// has not taken yet): logged once each time it happens.
+    pub over_size: bool,
     pub failing_since: Option<Instant>,
     /// The last upload failure no retry can fix, and when: syncs started
     /// before it fail with it at once. Cleared by an upload that succeeds.
@@ -82,6 +87,10 @@ pub(super) struct CacheState {
     /// Waits for uploads begun: a new one ends the workers' pauses.
     pub syncs_started: u64,
     pub stop: bool,
+    /// Blocks a reader is fetching into the cache: other readers wait for
+    /// it, and so does the first write into it (which would otherwise be
+    /// replaced by the install).
+    pub fetching: HashSet<u64>,
 }
 
 impl CacheState {
@@ -126,9 +135,6 @@ impl Drop for PinnedBlock<'_> {
         let mut s = lock(&self.core.state);
         if let Some(e) = s.entries.get_mut(&self.block) {
             e.pins = e.pins.saturating_sub(1);
-            if e.pins == 0 && s.space_waiters > 0 {
-                self.core.changed.notify_all();
-            }
         }
     }
 }
@@ -142,7 +148,11 @@ pub(super) enum BlockAt<'a> {
 
 impl CacheCore {
     pub(super) fn pin_cached(&self, block: u64) -> Option<PinnedBlock<'_>> {
-        let mut s = self.state();
+        self.pin_in(&mut self.state(), block)
+    }
+
+    /// `pin_cached` with the state already locked.
+    pub(super) fn pin_in(&self, s: &mut CacheState, block: u64) -> Option<PinnedBlock<'_>> {
         let e = s.entries.get_mut(&block)?;
         if !e.cached {
             return None;
@@ -155,37 +165,60 @@ impl CacheCore {
         Some(PinnedBlock { core: self, block })
     }
 
-    /// Makes room for one more cached block. With `wait`, waits while every
-    /// cached block is dirty or in use; without, returns false then.
+    /// Makes room for one more cached block, evicting clean ones. When
+    /// every cached block is dirty or in use: with `may_exceed` (writers)
+    /// the cache goes over its size, as writers never wait for the backend
+    /// (the size bounds clean blocks; the local disk bounds dirty ones);
+    /// without, returns false.
     pub(super) fn reserve<'a>(
         &'a self,
         mut s: MutexGuard<'a, CacheState>,
-        wait: bool,
+        may_exceed: bool,
     ) -> (MutexGuard<'a, CacheState>, bool) {
-        loop {
-            if s.cached_blocks < self.max_blocks {
-                s.cached_blocks += 1;
-                return (s, true);
-            }
-            let victim =
-                s.lru.iter().find(|(_, b)| s.entries.get(b).is_some_and(|e| e.pins == 0)).map(|(t, b)| (*t, *b));
-            if let Some((tick, block)) = victim {
-                s.lru.remove(&tick);
-                s.entries.remove(&block);
-                s.cached_blocks -= 1;
-                if let Err(e) = self.blocks_dir.remove(&self.name(block)) {
-                    log::warn!("cannot evict: {e}");
-                }
-                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        while s.cached_blocks >= self.max_blocks {
+            if self.evict_one(&mut s) {
                 continue;
             }
-            if !wait {
+            if !may_exceed {
                 return (s, false);
             }
-            s.space_waiters += 1;
+            if !s.over_size {
+                s.over_size = true;
+                log::warn!(
+                    "{}: cache full of blocks not yet uploaded to {} ({} dirty); going over its size until uploads catch up",
+                    self.config.dir.display(),
+                    self.backend.describe(),
+                    s.dirty_blocks
+                );
+            }
+            // Uploads are urgent now (see `next_job`).
             self.changed.notify_all();
-            s = self.wait(s, Duration::from_secs(1));
-            s.space_waiters -= 1;
+            break;
+        }
+        s.cached_blocks += 1;
+        (s, true)
+    }
+
+    /// Evicts the least recently used clean block not in use; false if none.
+    pub(super) fn evict_one(&self, s: &mut CacheState) -> bool {
+        let victim = s.lru.iter().find(|(_, b)| s.entries.get(b).is_some_and(|e| e.pins == 0)).map(|(t, b)| (*t, *b));
+        let Some((tick, block)) = victim else { return false };
+        s.lru.remove(&tick);
+        s.entries.remove(&block);
+        s.cached_blocks -= 1;
+        if let Err(e) = self.blocks_dir.remove(&self.name(block)) {
+            log::warn!("cannot evict: {e}");
+        }
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Evicts clean blocks while over the size (after uploads made some).
+    pub(super) fn shrink_to_size(&self, s: &mut CacheState) {
+        while s.cached_blocks > self.max_blocks && self.evict_one(s) {}
+        if s.over_size && s.cached_blocks <= self.max_blocks {
+            s.over_size = false;
+            log::info!("{}: cache back within its size", self.config.dir.display());
         }
     }
 

@@ -369,7 +369,7 @@ fn clean_blocks_are_evicted_lru_under_a_small_bound() {
 }
 
 #[test]
-fn a_cache_full_of_dirty_blocks_slows_writers_instead_of_failing_them() {
+fn a_cache_full_of_dirty_blocks_goes_over_its_size_instead_of_slowing_writers() {
     let t = Setup::new(32);
     let (store, img) = t.open(&t.config(Durability::Local, 2, 10_000));
     t.backend.delay_ms.store(20, Ordering::Relaxed);
@@ -383,9 +383,10 @@ fn a_cache_full_of_dirty_blocks_slows_writers_instead_of_failing_them() {
             });
         }
     });
-    assert!(store.stats().cached_blocks <= 2 + 3, "{:?}", store.stats());
     store.flush().unwrap();
     assert_eq!(t.backend.block_keys().len(), 32);
+    // Uploaded, the blocks are clean again: evicted back within the size.
+    wait_for("eviction", || store.stats().cached_blocks <= 2);
     for b in 0..32u64 {
         let mut buf = [0u8; 33];
         img.read(b * BS + 7, &mut buf).unwrap();
@@ -497,8 +498,11 @@ proptest! {
         for b in 0..blocks {
             let want = &model[(b * BS) as usize..((b + 1) * BS) as usize];
             let got = t.backend.block(b, &t.geometry());
+            // A punch that zeroes the rest of an uncached block cannot tell
+            // the block is now zero without fetching it (writes never wait
+            // for the remote): its object may hold the zeros.
             if is_zero(want) {
-                prop_assert!(got.is_none(), "block {} should have no object ({:?})", b, keys);
+                prop_assert!(got.is_none() || got == Some(object(want)), "block {} should have no object ({:?})", b, keys);
             } else {
                 prop_assert_eq!(got, Some(object(want)), "block {}", b);
             }

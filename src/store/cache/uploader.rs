@@ -37,6 +37,8 @@ struct Job {
 impl CacheCore {
     /// Copies a block to a snapshot file with its trailer and uploads it.
     fn upload(&self, block: u64) -> io::Result<u64> {
+        // A partial block waits for its base (fetched and merged first).
+        self.ensure_base(block)?;
         let src = self.block_file(block, Access::Read)?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp_name = format!("upload-{block}-{n}");
@@ -94,7 +96,7 @@ impl CacheCore {
             if s.stop {
                 return None;
             }
-            let urgent = s.flushers > 0 || s.space_waiters > 0;
+            let urgent = s.flushers > 0 || s.cached_blocks > self.max_blocks;
             let now = Instant::now();
             let Some(&block) = s.queue.front() else {
                 s = self.wait(s, Duration::from_secs(1));
@@ -191,9 +193,7 @@ impl CacheCore {
             && e.lru_tick.is_none()
         {
             s.lru_insert(job.block);
-            if s.space_waiters > 0 {
-                self.changed.notify_all();
-            }
+            self.shrink_to_size(&mut s);
         }
     }
 
