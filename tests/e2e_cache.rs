@@ -82,7 +82,11 @@ impl Setup {
             .spawn()
             .expect("start onefs run");
         let served = Served { child, mountpoint: self.mountpoint.clone(), cache: self.cache.clone() };
-        let up = poll_until(Duration::from_secs(30), || is_live_onefs_mount(&self.mountpoint));
+        // Live, and onefs says so: an umount before onefs saw its own mount
+        // answer would fail its start ("did not come up").
+        let up = poll_until(Duration::from_secs(30), || {
+            is_live_onefs_mount(&self.mountpoint) && self.log().contains("ready: ")
+        });
         assert!(up, "mount did not come up: {}", self.log());
         served
     }
@@ -201,7 +205,7 @@ fn rclone_local_remote_ext4_cycle_then_remount_from_an_empty_cache() {
 /// A first mount and umount of a fresh remote store at the default log
 /// level says nothing alarming: the lock and epoch objects not existing yet
 /// is expected, and a plain umount is the normal way to stop. Then three
-/// mounts at debug level, timed from start to live (median printed), with
+/// mounts at debug level, timed from start to ready (median printed), with
 /// onefs's per-step timings.
 fn quiet_first_mount_then_mount_times(s: &Setup, label: &str) -> Duration {
     s.create("64M");
