@@ -19,15 +19,17 @@
 //! remote lock and `break-lock` get it wrapped in [`Retrying`] with the
 //! backend's attempts.
 
-use crate::backend::remote_lock::{LOCK_KEY, read_lock};
+use crate::backend::remote_lock::{LOCK_KEY, LockInfo, LockTiming, PendingLock, read_lock};
 use crate::backend::{DirObjects, ObjectBackend, RcloneBackend, RemoteLock, Retry, Retrying, S3Backend};
 use crate::config::{BackendDef, RemoteDef};
 use crate::meta::{META_FILE, Meta};
-use crate::store::cache::{CacheConfig, CacheStore};
+use crate::store::cache::{CacheConfig, CacheStore, EPOCH_KEY};
 use crate::store::{BlockStore, DirStore};
 use anyhow::{Context, bail};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The backend a `[backend]` table describes, retrying each request with
 /// its attempts.
@@ -102,8 +104,78 @@ impl MetaPlace {
 /// Takes a backend's remote lock for `what` (a mountpoint, or a command),
 /// first clearing a lock left by an onefs of this host that is gone.
 pub fn lock_remote(backend: Arc<dyn ObjectBackend>, what: &Path) -> anyhow::Result<RemoteLock> {
-    clear_own_dead_lock(&*backend)?;
-    RemoteLock::acquire(backend, what)
+    begin_remote_lock(backend, what)?.confirm()
+}
+
+/// The first half of [`lock_remote`]: one read of the lock object (a lock
+/// left by a dead onefs of this host is cleared), our lock written. Read-only
+/// work can overlap the settle time before [`PendingLock::confirm`].
+pub fn begin_remote_lock(backend: Arc<dyn ObjectBackend>, what: &Path) -> anyhow::Result<PendingLock> {
+    let started = Instant::now();
+    let store = backend.describe();
+    let mut held = read_lock(&*backend).map_err(|e| anyhow::anyhow!("{store}: reading {LOCK_KEY}: {e}"))?;
+    if let Some(info) = &held
+        && own_dead_lock(info)
+    {
+        log::warn!(
+            "{store}: {LOCK_KEY} was left by onefs pid {} of this host, which is gone; taking it over",
+            info.pid
+        );
+        RemoteLock::break_lock(&*backend).with_context(|| format!("{store}: breaking the dead lock"))?;
+        held = None;
+    }
+    RemoteLock::begin(backend, what, LockTiming::default(), held, started)
+}
+
+/// A backend whose first `GET onefs.epoch` is answered by a read made
+/// ahead, while the remote lock settled (saving that request's time at
+/// mount). Safe because only the holder of a confirmed lock writes the
+/// epoch: a host racing us for the lock backs off before it could.
+struct EpochRead {
+    backend: Arc<dyn ObjectBackend>,
+    ahead: Mutex<Option<Option<Vec<u8>>>>,
+}
+
+impl EpochRead {
+    /// Reads the epoch now; a failed read is simply made again when asked.
+    fn ahead(backend: Arc<dyn ObjectBackend>) -> Arc<dyn ObjectBackend> {
+        let ahead = backend.get(EPOCH_KEY).ok();
+        Arc::new(EpochRead { backend, ahead: Mutex::new(ahead) })
+    }
+}
+
+impl ObjectBackend for EpochRead {
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        if key == EPOCH_KEY
+            && let Some(read) = crate::sync::lock(&self.ahead).take()
+        {
+            return Ok(read);
+        }
+        self.backend.get(key)
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        if key == EPOCH_KEY {
+            crate::sync::lock(&self.ahead).take();
+        }
+        self.backend.put(key, data)
+    }
+
+    fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
+        self.backend.put_file(key, path)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        self.backend.delete(key)
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.backend.list(prefix)
+    }
 }
 
 /// Where a mount's blocks are, before it is locked and opened.
@@ -145,9 +217,27 @@ impl Backing {
         }
     }
 
+    /// Begins taking a remote store's lock for `mountpoint` (one host at a
+    /// time; `None` for a directory store). Call with the cache lock held;
+    /// read the description ([`meta`](Self::meta)) while it settles, then
+    /// hand it to [`open`](Self::open).
+    pub fn begin_lock(&self, mountpoint: &Path) -> anyhow::Result<Option<PendingLock>> {
+        match self {
+            Backing::Dir { .. } => Ok(None),
+            Backing::Remote { backend, .. } => Ok(Some(begin_remote_lock(backend.clone(), mountpoint)?)),
+        }
+    }
+
     /// The block store stack. Call with the store (or cache) lock held; a
-    /// remote store is locked here too (one host at a time).
-    pub fn open(self, meta: &Meta, mountpoint: &Path, read_only: bool) -> anyhow::Result<Stack> {
+    /// remote store's lock is confirmed here (begun by `begin_lock`, or taken
+    /// now if `None`) before anything is written to it.
+    pub fn open(
+        self,
+        meta: &Meta,
+        mountpoint: &Path,
+        read_only: bool,
+        lock: Option<PendingLock>,
+    ) -> anyhow::Result<Stack> {
         let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{e}"))?;
         match self {
             Backing::Dir { store } => {
@@ -156,9 +246,17 @@ impl Backing {
             }
             Backing::Remote { backend, cache } => {
                 let described = backend.describe();
-                let remote_lock = lock_remote(backend.clone(), mountpoint)?;
+                let (remote_lock, objects) = match lock {
+                    Some(pending) => {
+                        // Still settling: read the epoch now (a read; only
+                        // a lock holder writes it) for the cache to find.
+                        let objects = EpochRead::ahead(backend.single_attempt().clone());
+                        (pending.confirm()?, objects)
+                    }
+                    None => (lock_remote(backend.clone(), mountpoint)?, backend.single_attempt().clone()),
+                };
                 let cache = Arc::new(
-                    CacheStore::open(backend.single_attempt().clone(), meta, &cache)
+                    CacheStore::open(objects, meta, &cache)
                         .map_err(|e| anyhow::anyhow!("cache for {described}: {e}"))?,
                 );
                 Ok(Stack { store: cache.clone(), dir: None, cache: Some(cache), remote_lock: Some(remote_lock) })
@@ -216,18 +314,9 @@ fn onefs_alive(pid: u32) -> bool {
 
 /// A lock left by an onefs of this host that is gone (killed, crashed) is
 /// ours to break: the host is here to say its holder is not running.
-fn clear_own_dead_lock(backend: &dyn ObjectBackend) -> anyhow::Result<()> {
-    let Ok(Some(held)) = read_lock(backend) else { return Ok(()) };
+fn own_dead_lock(held: &LockInfo) -> bool {
     let host = this_host();
-    if !host.is_empty() && held.holder == host && !onefs_alive(held.pid) {
-        log::warn!(
-            "{}: {LOCK_KEY} was left by onefs pid {} of this host, which is gone; taking it over",
-            backend.describe(),
-            held.pid
-        );
-        RemoteLock::break_lock(backend).with_context(|| format!("{}: breaking the dead lock", backend.describe()))?;
-    }
-    Ok(())
+    !host.is_empty() && held.holder == host && !onefs_alive(held.pid)
 }
 
 /// `onefs break-lock`: removes the remote lock of a definition's backend and

@@ -68,16 +68,25 @@ impl Setup {
     }
 
     fn run(&self) -> Served {
+        self.run_logging("info")
+    }
+
+    /// `onefs run` at this log level (its stderr in the log file, anew).
+    fn run_logging(&self, level: &str) -> Served {
         let log = fs::File::create(self.scratch.path("onefs.log")).unwrap();
         let child = Command::new(onefs_bin())
-            .args(["run", "data", "--config-dir", self.config_dir.to_str().unwrap()])
+            .args(["run", "data", "--log-level", level, "--config-dir", self.config_dir.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start onefs run");
         let served = Served { child, mountpoint: self.mountpoint.clone(), cache: self.cache.clone() };
-        let up = poll_until(Duration::from_secs(30), || is_live_onefs_mount(&self.mountpoint));
+        // Live, and onefs says so: an umount before onefs saw its own mount
+        // answer would fail its start ("did not come up").
+        let up = poll_until(Duration::from_secs(30), || {
+            is_live_onefs_mount(&self.mountpoint) && self.log().contains("ready: ")
+        });
         assert!(up, "mount did not come up: {}", self.log());
         served
     }
@@ -112,10 +121,19 @@ struct Served {
 
 impl Served {
     /// Unmounts (flushing the cache) and waits for a clean exit.
-    fn stop(mut self) {
-        run("umount", &[self.mountpoint.to_str().unwrap()]);
+    fn stop(self) {
+        self.stop_logging(String::new)
+    }
+
+    /// [`stop`](Self::stop), naming `log()` if onefs fails.
+    fn stop_logging(mut self, log: impl FnOnce() -> String) {
+        // Something may still be looking at a fresh mount (EBUSY): try again.
+        let unmounted = poll_until(Duration::from_secs(10), || {
+            Command::new("umount").arg(&self.mountpoint).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        });
+        assert!(unmounted, "umount {} kept failing", self.mountpoint.display());
         let status = wait_child(&mut self.child, Duration::from_secs(60)).expect("onefs run did not exit after umount");
-        assert!(status.success(), "onefs run failed: {status}");
+        assert!(status.success(), "onefs run failed: {status}{}", log());
         std::mem::forget(self);
     }
 
@@ -182,6 +200,77 @@ fn rclone_local_remote_ext4_cycle_then_remount_from_an_empty_cache() {
     assert!(!folders.is_empty());
     let objects: usize = folders.iter().map(|f| fs::read_dir(f.path()).unwrap().count()).sum();
     assert!(objects > 96, "{objects} block objects");
+}
+
+/// A first mount and umount of a fresh remote store at the default log
+/// level says nothing alarming: the lock and epoch objects not existing yet
+/// is expected, and a plain umount is the normal way to stop. Then three
+/// mounts at debug level, timed from start to ready (median printed), with
+/// onefs's per-step timings.
+fn quiet_first_mount_then_mount_times(s: &Setup, label: &str) -> Duration {
+    s.create("64M");
+    let served = s.run_logging("info");
+    served.stop_logging(|| s.log());
+    let log = s.log();
+    let alarming: Vec<&str> = log
+        .lines()
+        .filter(|l| ["error", "warning", "ERROR", "WARN", "<3>", "<4>"].iter().any(|w| l.contains(w)))
+        .collect();
+    let alarming = alarming.join("\n");
+
+    let mut times = vec![];
+    for _ in 0..3 {
+        let started = Instant::now();
+        let served = s.run_logging("debug");
+        times.push(started.elapsed());
+        served.stop_logging(|| s.log());
+        let log = s.log();
+        let steps: Vec<&str> = log.lines().filter(|l| l.contains(" ms") || l.contains("ms)")).collect();
+        eprintln!("{label}: mount live after {:?}; steps:\n  {}", times[times.len() - 1], steps.join("\n  "));
+    }
+    times.sort();
+    eprintln!("{label}: mount times {times:?}, median {:?}", times[1]);
+    assert!(
+        alarming.is_empty(),
+        "{label}: a healthy first mount and umount logged:\n{alarming}\n--- whole log:\n{log}"
+    );
+    assert_eq!(log.matches("unmounted").count(), 1, "{label}: one calm line says it was unmounted:\n{log}");
+    times[1]
+}
+
+#[test]
+fn remote_mounts_are_quiet_when_healthy_and_quick() {
+    let rclone = remote::rclone_bin();
+    let s = Setup::new("size = \"64M\"");
+    let remote_dir = s.scratch.dir("rclone-remote");
+    let backend =
+        format!("type = \"rclone\"\nremote = \"{}\"\nrclone = \"{}\"\n", remote_dir.display(), rclone.display());
+    let s = s.with_backend(backend, "size = \"64M\"");
+    quiet_first_mount_then_mount_times(&s, "rclone local");
+
+    let garage = remote::Garage::start();
+    let backend = format!(
+        "type = \"s3\"\nendpoint = \"{}\"\nregion = \"garage\"\nbucket = \"{}\"\nprefix = \"quiet/\"\npath_style = true\ncredentials_file = \"{}\"\n",
+        garage.endpoint,
+        garage.bucket,
+        garage.credentials_file().display()
+    );
+    let s = Setup::new("size = \"64M\"").with_backend(backend, "size = \"64M\"");
+    quiet_first_mount_then_mount_times(&s, "garage");
+
+    // A cloud drive at 4 requests a second: rclone's client-side --tpslimit.
+    let s = Setup::new("size = \"64M\"");
+    let served_dir = s.scratch.dir("webdav");
+    let server = remote::RcloneServe::webdav(&served_dir, &[]);
+    let conf = s.scratch.path("rclone.conf");
+    fs::write(&conf, format!("[drive]\ntype = webdav\nurl = {}\nvendor = other\n", server.url)).unwrap();
+    let backend = format!(
+        "type = \"rclone\"\nremote = \"drive:onefs\"\nrclone = \"{}\"\nrclone_config = \"{}\"\nargs = [\"--tpslimit\", \"4\"]\n",
+        rclone.display(),
+        conf.display()
+    );
+    let s = s.with_backend(backend, "size = \"64M\"");
+    quiet_first_mount_then_mount_times(&s, "webdav 4 tps");
 }
 
 /// mkfs.ext4, 96 MiB written, unmount (flushing the cache); delete the

@@ -61,6 +61,23 @@ pub trait ObjectBackend: Send + Sync {
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
 }
 
+/// Runs one backend request and logs at debug level how long it took
+/// (`--log-level debug` shows where a mount's time goes).
+pub(crate) fn timed<T>(
+    store: &str,
+    what: impl FnOnce() -> String,
+    request: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    if !log::log_enabled!(log::Level::Debug) {
+        return request();
+    }
+    let started = std::time::Instant::now();
+    let result = request();
+    let outcome = if result.is_ok() { "done" } else { "failed" };
+    log::debug!("{store}: {} {outcome} in {} ms", what(), started.elapsed().as_millis());
+    result
+}
+
 /// Objects per folder on remote stores: cloud drives list folders 1000
 /// entries a page, so blocks are spread over subfolders of at most this many.
 pub const BLOCKS_PER_FOLDER: u64 = 1000;

@@ -13,6 +13,16 @@
 //! writing its lock a host waits [`LockTiming::settle`] (at least twice its
 //! own read-then-write time), reads the lock back and goes on only if it
 //! still holds its own token; a host that finds another's token backs off.
+//! The settle is what the lock's safety costs a mount: two hosts may both
+//! read "no lock" and both write theirs; the last write wins, and each must
+//! wait long enough for the other's write to land before reading back (on
+//! an eventually-consistent store, also for it to show). That is 1 s at
+//! least, 2.5 s on a drive limited to 4 requests a second (read 0.25 s +
+//! rclone's write 1 s, doubled). [`RemoteLock::begin`] writes the lock and
+//! [`PendingLock::confirm`] waits out what is left of the settle and reads
+//! back, so read-only startup work (the image description, the cache's
+//! epoch) overlaps the settle; nothing is written to the store before the
+//! lock is confirmed.
 //! Residual race, documented: two hosts whose read-then-write takes longer
 //! than the settle time, or a store that is not read-after-write
 //! consistent, could both believe they won. Heartbeats re-check the token,
@@ -121,6 +131,78 @@ struct Heart {
     lost: AtomicBool,
 }
 
+fn refuse(store: &str, timing: &LockTiming, other: &LockInfo) -> anyhow::Error {
+    let left = timing.stale.as_secs().saturating_sub(now().saturating_sub(other.heartbeat));
+    anyhow::anyhow!(
+        "{store} is mounted by {}; if that host is gone, the lock goes stale in {left} s, or break it with `onefs break-lock`",
+        other.describe(now())
+    )
+}
+
+/// A lock written but not yet read back ([`RemoteLock::begin`]): the store
+/// is not ours until [`confirm`](Self::confirm) says so. Dropped
+/// unconfirmed, it deletes its lock object if that is still ours.
+pub struct PendingLock {
+    backend: Arc<dyn ObjectBackend>,
+    info: LockInfo,
+    timing: LockTiming,
+    settled_at: Instant,
+    confirmed: bool,
+}
+
+impl PendingLock {
+    /// Waits out what is left of the settle time, reads the lock back and
+    /// goes on only if it still holds our token; starts the heartbeat.
+    pub fn confirm(mut self) -> anyhow::Result<RemoteLock> {
+        let store = self.backend.describe();
+        let left = self.settled_at.saturating_duration_since(Instant::now());
+        log::debug!("{store}: {LOCK_KEY}: {} ms of the settle time left", left.as_millis());
+        std::thread::sleep(left);
+        match read_lock(&*self.backend).map_err(|e| anyhow::anyhow!("{store}: reading {LOCK_KEY} back: {e}"))? {
+            Some(now_there) if now_there.token == self.info.token => {}
+            Some(other) => {
+                // Another host's lock replaced ours: nothing of ours to delete.
+                self.confirmed = true;
+                return Err(refuse(&store, &self.timing, &other));
+            }
+            None => {
+                self.confirmed = true;
+                anyhow::bail!(
+                    "{store}: {LOCK_KEY} vanished right after it was written: another host is breaking or taking the lock"
+                )
+            }
+        }
+        let heart = Arc::new(Heart { stop: Mutex::new(false), wake: Condvar::new(), lost: AtomicBool::new(false) });
+        let thread = {
+            let (backend, heart, info) = (self.backend.clone(), heart.clone(), self.info.clone());
+            let every = self.timing.heartbeat;
+            std::thread::Builder::new()
+                .name("onefs-lock".into())
+                .spawn(move || beat(&*backend, &heart, info, every))
+                .map_err(|e| anyhow::anyhow!("{store}: lock heartbeat thread: {e}"))?
+        };
+        self.confirmed = true;
+        log::info!("{store}: locked for {} at {}", self.info.holder, self.info.mountpoint);
+        Ok(RemoteLock { backend: self.backend.clone(), info: self.info.clone(), heart, thread: Some(thread) })
+    }
+}
+
+impl Drop for PendingLock {
+    fn drop(&mut self) {
+        if self.confirmed {
+            return;
+        }
+        let result = match read_lock(&*self.backend) {
+            Ok(Some(there)) if there.token == self.info.token => self.backend.delete(LOCK_KEY),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            log::warn!("{}: removing the unconfirmed {LOCK_KEY}: {e}", self.backend.describe());
+        }
+    }
+}
+
 /// A held remote lock; released (deleted) by [`release`](Self::release) or on drop.
 pub struct RemoteLock {
     backend: Arc<dyn ObjectBackend>,
@@ -136,24 +218,35 @@ impl RemoteLock {
     }
 
     /// Takes the lock, refusing (one line naming the holder) while another
-    /// host's heartbeat is fresh.
+    /// host's heartbeat is fresh: [`begin`](Self::begin) then
+    /// [`PendingLock::confirm`].
     pub fn acquire_with(
         backend: Arc<dyn ObjectBackend>,
         mountpoint: &Path,
         timing: LockTiming,
     ) -> anyhow::Result<Self> {
-        let store = backend.describe();
-        let refuse = |other: &LockInfo| {
-            let left = timing.stale.as_secs().saturating_sub(now().saturating_sub(other.heartbeat));
-            anyhow::anyhow!(
-                "{store} is mounted by {}; if that host is gone, the lock goes stale in {left} s, or break it with `onefs break-lock`",
-                other.describe(now())
-            )
-        };
         let started = Instant::now();
-        if let Some(other) = read_lock(&*backend).map_err(|e| anyhow::anyhow!("{store}: reading {LOCK_KEY}: {e}"))? {
+        let held =
+            read_lock(&*backend).map_err(|e| anyhow::anyhow!("{}: reading {LOCK_KEY}: {e}", backend.describe()))?;
+        Self::begin(backend, mountpoint, timing, held, started)?.confirm()
+    }
+
+    /// The first half of taking the lock: `held` is what the lock object
+    /// held when read at `read_started` (refused while another host's
+    /// heartbeat is fresh); writes ours. The settle time runs from here:
+    /// read-only startup work (the image description, say) can overlap it,
+    /// but nothing may write to the store before [`PendingLock::confirm`].
+    pub fn begin(
+        backend: Arc<dyn ObjectBackend>,
+        mountpoint: &Path,
+        timing: LockTiming,
+        held: Option<LockInfo>,
+        read_started: Instant,
+    ) -> anyhow::Result<PendingLock> {
+        let store = backend.describe();
+        if let Some(other) = held {
             if now().saturating_sub(other.heartbeat) < timing.stale.as_secs().max(1) {
-                return Err(refuse(&other));
+                return Err(refuse(&store, &timing, &other));
             }
             log::warn!("{store}: taking over the stale lock of {}", other.describe(now()));
         }
@@ -169,25 +262,11 @@ impl RemoteLock {
         let bytes = serde_json::to_vec(&info).map_err(|e| anyhow::anyhow!("{store}: {e}"))?;
         backend.put(LOCK_KEY, &bytes).map_err(|e| anyhow::anyhow!("{store}: writing {LOCK_KEY}: {e}"))?;
         // Anyone who read "no lock" just before our write has written theirs
-        // by now: read back and go on only if ours survived.
-        std::thread::sleep(timing.settle.max(started.elapsed() * 2));
-        match read_lock(&*backend).map_err(|e| anyhow::anyhow!("{store}: reading {LOCK_KEY} back: {e}"))? {
-            Some(now_there) if now_there.token == info.token => {}
-            Some(other) => return Err(refuse(&other)),
-            None => anyhow::bail!(
-                "{store}: {LOCK_KEY} vanished right after it was written: another host is breaking or taking the lock"
-            ),
-        }
-        let heart = Arc::new(Heart { stop: Mutex::new(false), wake: Condvar::new(), lost: AtomicBool::new(false) });
-        let thread = {
-            let (backend, heart, info) = (backend.clone(), heart.clone(), info.clone());
-            std::thread::Builder::new()
-                .name("onefs-lock".into())
-                .spawn(move || beat(&*backend, &heart, info, timing.heartbeat))
-                .map_err(|e| anyhow::anyhow!("{store}: lock heartbeat thread: {e}"))?
-        };
-        log::info!("{store}: locked for {} at {}", info.holder, info.mountpoint);
-        Ok(RemoteLock { backend, info, heart, thread: Some(thread) })
+        // within their own read-then-write time: twice ours, at least
+        // `timing.settle`, from now.
+        let settle = timing.settle.max(read_started.elapsed() * 2);
+        log::debug!("{store}: {LOCK_KEY} written; reading it back after {} ms", settle.as_millis());
+        Ok(PendingLock { backend, info, timing, settled_at: Instant::now() + settle, confirmed: false })
     }
 
     /// What this lock holds.
@@ -363,6 +442,35 @@ mod tests {
         assert!(err.contains("unreadable") && err.contains("break-lock"), "{err}");
         assert_eq!(RemoteLock::break_lock(&*b).unwrap(), None);
         assert_eq!(b.get(LOCK_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn a_pending_lock_settles_while_other_work_runs_and_is_removed_if_dropped() {
+        let b: Arc<dyn ObjectBackend> = Arc::new(MemBackend::new());
+        let timing = LockTiming { settle: Duration::from_millis(300), ..quick() };
+        let started = Instant::now();
+        let pending = RemoteLock::begin(b.clone(), Path::new("/srv/a"), timing, None, started).unwrap();
+        // Work overlapping the settle does not lengthen it.
+        std::thread::sleep(Duration::from_millis(200));
+        let lock = pending.confirm().unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(450), "{took:?}");
+        drop(lock);
+
+        let pending = RemoteLock::begin(b.clone(), Path::new("/srv/a"), timing, None, Instant::now()).unwrap();
+        assert!(read_lock(&*b).unwrap().is_some());
+        drop(pending);
+        assert_eq!(read_lock(&*b).unwrap(), None, "an unconfirmed lock is removed");
+
+        // Another host writes its lock during our settle: it wins, we back off
+        // and leave its lock alone.
+        let pending = RemoteLock::begin(b.clone(), Path::new("/srv/a"), timing, None, Instant::now()).unwrap();
+        let theirs = RemoteLock::begin(b.clone(), Path::new("/srv/b"), timing, None, Instant::now()).unwrap();
+        let err = pending.confirm().err().unwrap().to_string();
+        assert!(err.contains("is mounted by") && err.contains("at /srv/b"), "{err}");
+        let theirs = theirs.confirm().unwrap();
+        assert_eq!(read_lock(&*b).unwrap().unwrap().mountpoint, "/srv/b");
+        drop(theirs);
     }
 
     #[test]

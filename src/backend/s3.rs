@@ -393,12 +393,9 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
     out
 }
 
-impl ObjectBackend for S3Backend {
-    fn describe(&self) -> String {
-        format!("s3://{}/{}", self.bucket.name(), self.prefix)
-    }
-
-    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+/// The requests, each one timed by [`ObjectBackend`]'s methods below.
+impl S3Backend {
+    fn get_once(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         let full = self.full_key(key);
         let url = self.bucket.get_object(Some(&self.credentials), &full).sign(SIGN_FOR);
         let mut resp = self.agent.get(url.as_str()).call().map_err(|e| self.transport(e, &format!("GET {full}")))?;
@@ -435,17 +432,17 @@ impl ObjectBackend for S3Backend {
         }
     }
 
-    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+    fn put_once(&self, key: &str, data: &[u8]) -> io::Result<()> {
         self.put_bytes(key, data)
     }
 
-    fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
+    fn put_file_once(&self, key: &str, path: &Path) -> io::Result<()> {
         let data = std::fs::read(path)
             .map_err(|e| crate::errors::context(format!("{}: PUT {key} from {}", self.name, path.display()), e))?;
         self.put_bytes(key, &data)
     }
 
-    fn delete(&self, key: &str) -> io::Result<()> {
+    fn delete_once(&self, key: &str) -> io::Result<()> {
         let full = self.full_key(key);
         let url = self.bucket.delete_object(Some(&self.credentials), &full).sign(SIGN_FOR);
         let mut resp =
@@ -462,7 +459,7 @@ impl ObjectBackend for S3Backend {
         }
     }
 
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+    fn list_once(&self, prefix: &str) -> io::Result<Vec<String>> {
         let full = self.full_key(prefix);
         let mut keys = vec![];
         let mut token: Option<String> = None;
@@ -485,6 +482,32 @@ impl ObjectBackend for S3Backend {
                 None => return Ok(keys),
             }
         }
+    }
+}
+
+impl ObjectBackend for S3Backend {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket.name(), self.prefix)
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        super::timed(&self.name, || format!("GET {key}"), || self.get_once(key))
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        super::timed(&self.name, || format!("PUT {key}"), || self.put_once(key, data))
+    }
+
+    fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
+        super::timed(&self.name, || format!("PUT {key}"), || self.put_file_once(key, path))
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        super::timed(&self.name, || format!("DELETE {key}"), || self.delete_once(key))
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        super::timed(&self.name, || format!("LIST {prefix}"), || self.list_once(prefix))
     }
 }
 

@@ -333,8 +333,17 @@ impl Mounted {
         }
         let store = store_dir(&spec.store)?;
         let backing = crate::compose::Backing::new(&store, spec.remote.as_ref())?;
-        let meta = backing.meta()?;
-        let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", backing.describe()))?;
+        // A directory store's description comes first (what is wrong with
+        // the store is said before anything else); a remote store's is read
+        // below, while its lock settles.
+        let dir_meta = match spec.remote {
+            None => {
+                let meta = backing.meta()?;
+                meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", backing.describe()))?;
+                Some(meta)
+            }
+            Some(_) => None,
+        };
         let mountpoint = prepare_mountpoint(&spec.mountpoint)?;
         refuse_overlap(&store, &mountpoint, spec.remote.is_some())?;
         if let Some(crate::config::RemoteDef { backend: crate::config::BackendDef::Dir { path }, .. }) = &spec.remote {
@@ -349,9 +358,16 @@ impl Mounted {
         mark_io_flusher();
 
         let started = Instant::now();
+        // A remote store's lock settles while its description is read.
+        let remote_lock = backing.begin_lock(&mountpoint)?;
+        let meta = match dir_meta {
+            Some(meta) => meta,
+            None => backing.meta()?,
+        };
+        let geometry = meta.geometry().map_err(|e| anyhow::anyhow!("{}: {e}", backing.describe()))?;
         let described = backing.describe();
         let meta_place = backing.meta_place();
-        let stack = backing.open(&meta, &mountpoint, spec.options.access.read_only)?;
+        let stack = backing.open(&meta, &mountpoint, spec.options.access.read_only, remote_lock)?;
         let image = Arc::new(Image::open(geometry, stack.store.clone())?);
         log::info!(
             "opened {} ({} blocks stored of {}) in {:?}",

@@ -317,7 +317,17 @@ impl Service {
         }
         let name = self.active.iter().find(|(_, a)| a.id == id).map(|(n, _)| n.clone())?;
         let active = self.active.remove(&name)?;
-        log::warn!("{name}: {} was unmounted from outside onefs", active.mounted.mountpoint.display());
+        // A plain umount is the normal way to stop a single definition's
+        // service: finish() says "unmounted" once, at info. Serving several,
+        // the others go on and this one waits for a reload: say so, calmly.
+        if self.single() {
+            log::debug!("{name}: {} was unmounted from outside onefs", active.mounted.mountpoint.display());
+        } else {
+            log::info!(
+                "{name}: {} was unmounted from outside onefs; `onefs reload` mounts it again",
+                active.mounted.mountpoint.display()
+            );
+        }
         let result = active.mounted.finish();
         if !self.single() {
             self.failed.insert(name.clone(), "unmounted from outside; reload to mount it again".into());

@@ -137,8 +137,13 @@ impl RcloneBackend {
         self.rcd.starts()
     }
 
-    /// One HTTP/1.1 request over the socket: status and body.
+    /// One HTTP/1.1 request over the socket: status and body (its time
+    /// logged at debug level).
     fn http(&self, method: &str, path: &str, body: Option<&[u8]>, what: &str) -> io::Result<(u16, Vec<u8>)> {
+        super::timed(&self.describe(), || what.to_string(), || self.http_once(method, path, body, what))
+    }
+
+    fn http_once(&self, method: &str, path: &str, body: Option<&[u8]>, what: &str) -> io::Result<(u16, Vec<u8>)> {
         self.rcd.wait_ready()?;
         let transient = |e: io::Error| io::Error::new(e.kind(), format!("rclone {}: {what}: {e}", self.remote));
         let mut stream = UnixStream::connect(self.rcd.socket()).map_err(transient)?;

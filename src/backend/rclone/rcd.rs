@@ -389,10 +389,10 @@ fn forward_log(err: std::process::ChildStderr, remote: &str, shared: &Shared) {
             Some(rest) if line.as_bytes().get(4) == Some(&b'/') => rest.to_string(),
             _ => line,
         };
-        if text.contains("ERROR") || text.contains("CRITICAL") || text.contains("Fatal") {
-            log::warn!("rclone {remote}: {text}");
-        } else {
-            log::info!("rclone {remote}: {text}");
+        match rclone_level(&text) {
+            log::Level::Warn => log::warn!("rclone {remote}: {text}"),
+            log::Level::Info => log::info!("rclone {remote}: {text}"),
+            _ => log::debug!("rclone {remote}: {text}"),
         }
         let mut log = crate::sync::lock(&shared.log);
         if log.len() == LOG_LINES {
@@ -402,9 +402,32 @@ fn forward_log(err: std::process::ChildStderr, remote: &str, shared: &Shared) {
     }
 }
 
+/// The level at which onefs logs a line of rclone's: its errors as
+/// warnings, except that an object or folder not being there is rclone
+/// answering a question (`GET onefs.lock` on a first mount): the caller
+/// gets the 404 and decides, so that line is debug only.
+fn rclone_level(text: &str) -> log::Level {
+    if text.contains("object not found") || text.contains("directory not found") {
+        log::Level::Debug
+    } else if text.contains("ERROR") || text.contains("CRITICAL") || text.contains("Fatal") {
+        log::Level::Warn
+    } else {
+        log::Level::Info
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_object_is_no_warning_but_other_errors_are() {
+        let missing = r#"ERROR : rc: "onefs.lock": error: failed to find object: object not found"#;
+        assert_eq!(rclone_level(missing), log::Level::Debug);
+        assert_eq!(rclone_level("ERROR : d0000: error listing: directory not found"), log::Level::Debug);
+        assert_eq!(rclone_level("ERROR : blk-000001: Failed to copy: 401 Unauthorized"), log::Level::Warn);
+        assert_eq!(rclone_level("NOTICE: Config file not found - using defaults"), log::Level::Info);
+    }
 
     #[test]
     fn versions_parse_and_old_ones_are_refused() {
