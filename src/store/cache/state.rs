@@ -81,8 +81,9 @@ pub(super) struct CacheState {
     /// has not taken yet): logged once each time it happens.
     pub over_size: bool,
     pub failing_since: Option<Instant>,
-    /// The last upload failure no retry can fix, and when: syncs started
-    /// before it fail with it at once. Cleared by an upload that succeeds.
+    /// The last upload failure no retry can fix, and when its attempt
+    /// began: syncs that began before that fail with it at once. Cleared by
+    /// an upload that succeeds.
     pub permanent_failure: Option<(Instant, String)>,
     /// Waits for uploads begun: a new one ends the workers' pauses.
     pub syncs_started: u64,

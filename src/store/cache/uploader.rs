@@ -32,6 +32,9 @@ struct Job {
     block: u64,
     generation: u64,
     cached: bool,
+    /// When the attempt began: a refusal counts against the syncs that
+    /// began before it, not against one that began while it was in flight.
+    started: Instant,
 }
 
 impl CacheCore {
@@ -119,7 +122,7 @@ impl CacheCore {
             if e.cached {
                 e.pins += 1;
             }
-            return Some(Job { block, generation: e.generation, cached: e.cached });
+            return Some(Job { block, generation: e.generation, cached: e.cached, started: Instant::now() });
         }
     }
 
@@ -172,7 +175,7 @@ impl CacheCore {
                 e.queued = true;
                 s.queue.push_front(block);
                 s.failing_since.get_or_insert_with(Instant::now);
-                report_failure(&mut s, &err, warned_at);
+                report_failure(&mut s, &err, job.started, warned_at);
             }
         }
         self.changed.notify_all();
@@ -266,7 +269,7 @@ impl CacheCore {
 
 /// Logs an upload failure: a permanent one once per cause, a transient one
 /// at most every 30 s per worker.
-fn report_failure(s: &mut CacheState, err: &io::Error, warned_at: &mut Option<Instant>) {
+fn report_failure(s: &mut CacheState, err: &io::Error, attempt_started: Instant, warned_at: &mut Option<Instant>) {
     if is_permanent(err) {
         let why = err.to_string();
         if s.permanent_failure.as_ref().is_none_or(|(_, seen)| *seen != why) {
@@ -276,7 +279,7 @@ fn report_failure(s: &mut CacheState, err: &io::Error, warned_at: &mut Option<In
                 PERMANENT_PAUSE.as_secs()
             );
         }
-        s.permanent_failure = Some((Instant::now(), why));
+        s.permanent_failure = Some((attempt_started, why));
     } else if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
         log::warn!("{err}; {} dirty blocks kept in the cache, retrying", s.dirty_blocks);
         *warned_at = Some(Instant::now());
