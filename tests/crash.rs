@@ -441,19 +441,3 @@ fn a_store_turned_read_only_under_a_live_mount_gives_errors_not_a_crash() {
     onefs.unmount();
     drop(ro);
 }
-
-/// `chattr +i` on a directory, undone on drop.
-struct Immutable(std::path::PathBuf);
-
-impl Immutable {
-    fn set(dir: &Path) -> Self {
-        run("chattr", &["+i", dir.to_str().unwrap()]);
-        Immutable(dir.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}

@@ -287,15 +287,7 @@ fn a_read_only_store_mounts_read_only_and_is_left_as_it_was() {
     // An immutable block file (chattr +i) on a writable store: a read-only
     // mount reads it and writes nothing at all, not even the lock record.
     let blk = store.join("blk-00002");
-    let immutable = Command::new("chattr").arg("+i").arg(&blk).status().is_ok_and(|s| s.success());
-    assert!(immutable, "chattr +i failed on {} (the scratch filesystem must support it)", blk.display());
-    struct Mutable<'a>(&'a Path);
-    impl Drop for Mutable<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("chattr").arg("-i").arg(self.0).status();
-        }
-    }
-    let _mutable = Mutable(&blk);
+    let _immutable = Immutable::set(&blk);
     let m = OnefsMount::new(&store, &mnt, &["-o", "ro"]);
     assert!(pread(&m.disk(), MIB as u64, MIB) == pattern(1, MIB), "data differs");
     m.unmount();

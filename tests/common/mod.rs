@@ -601,3 +601,20 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `chattr +i` on a file or directory (the scratch filesystem must support
+/// it), undone on drop so that the scratch directory can be removed.
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    pub fn set(path: &Path) -> Self {
+        run("chattr", &["+i", path.to_str().unwrap()]);
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
